@@ -27,7 +27,7 @@ def looks_like_key(value: str) -> bool:
 
 
 def new_id(prefix: str) -> str:
-    """An object id such as `acct_…`, `sa_…`, `wh_…`: 22 random base-62-ish characters."""
+    """An object id such as `acct_…`, `sa_…`, `wh_…`: 24 random hex characters."""
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
