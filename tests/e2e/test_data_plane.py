@@ -128,15 +128,21 @@ def test_glob_allow_list_and_models_endpoint(e2e: E2E, parent: Parent) -> None:
 
 
 @pytest.mark.parametrize(
-    "api_key",
-    ["sk-aig-" + "x" * 43, "not-a-gateway-key", ""],
-    ids=["unknown", "malformed", "empty"],
+    "headers",
+    [
+        {"Authorization": "Bearer sk-aig-" + "x" * 43},
+        {"Authorization": "Bearer not-a-gateway-key"},
+        {"x-api-key": "sk-aig-" + "z" * 43},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {},
+    ],
+    ids=["unknown", "malformed", "unknown-x-api-key", "basic-auth", "none"],
 )
-def test_bad_keys_are_401_before_anything_is_sent(e2e: E2E, api_key: str) -> None:
+def test_bad_keys_are_401_before_anything_is_sent(e2e: E2E, headers: dict[str, str]) -> None:
     e2e.mock.clear()
     response = httpx.post(
         f"{e2e.base_url}/chat/completions",
-        headers={"Authorization": f"Bearer {api_key}"},
+        headers=headers,
         json={"model": "openai/gpt-5.4-mini", "messages": MESSAGES},
     )
     assert response.status_code == 401

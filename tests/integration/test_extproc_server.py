@@ -1,0 +1,123 @@
+"""A real gRPC round trip: the extproc server on a free port, called by a grpc.aio client the way
+Envoy's ext_proc filter calls it (one bidirectional stream per HTTP request)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
+
+import grpc
+import orjson
+import pytest
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    ProcessingRequest,
+    ProcessingResponse,
+)
+from envoy.service.ext_proc.v3.external_processor_pb2_grpc import ExternalProcessorStub
+
+from aigw.keys import generate_key
+from extproc import server
+from extproc.gateway import Gateway
+from extproc.processor import Processor
+from extproc.server import create_server
+from tests.unit.test_extproc_processor import (
+    POLICY,
+    REQUEST_ID,
+    bearer,
+    request_body,
+    request_headers,
+    start_gateway,
+    store_policy,
+)
+
+
+@pytest.fixture
+async def stub(redis_url: str) -> AsyncIterator[ExternalProcessorStub]:
+    gateway: Gateway = await start_gateway(redis_url)
+    grpc_server, port = create_server(gateway, "127.0.0.1:0", max_request_bytes=1024 * 1024)
+    await grpc_server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield ExternalProcessorStub(channel)
+    await channel.close()
+    await grpc_server.stop(None)
+    await gateway.policies.close()
+
+
+async def test_request_without_a_key_is_answered_401(stub: ExternalProcessorStub) -> None:
+    call = stub.Process()
+    await call.write(request_headers("POST", "/v1/chat/completions", {}))
+    response = await call.read()
+    await call.done_writing()
+
+    assert response.immediate_response.status.code == 401
+    assert orjson.loads(response.immediate_response.body)["error"]["code"] == "invalid_api_key"
+
+
+async def test_a_request_is_rewritten_over_one_stream(
+    stub: ExternalProcessorStub, redis_url: str
+) -> None:
+    key = generate_key()
+    await store_policy(redis_url, key, POLICY)
+    messages: list[ProcessingRequest] = [
+        request_headers("POST", "/v1/chat/completions", bearer(key)),
+        request_body({"model": "openai/gpt-5.4-mini", "messages": []}),
+    ]
+
+    responses = [response async for response in stub.Process(iter(messages))]
+
+    assert [r.WhichOneof("response") for r in responses] == ["request_headers", "request_body"]
+    rewritten = responses[1].request_body.response.body_mutation.body
+    assert orjson.loads(rewritten)["model"] == "gpt-5.4-mini"
+
+
+class RecordingProcessor(Processor):
+    __slots__ = ()
+    closed: ClassVar[list[str]] = []
+
+    def on_stream_closed(self) -> None:
+        self.closed.append(self.request_id)
+
+
+@pytest.fixture
+def closed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    RecordingProcessor.closed = []
+    monkeypatch.setattr(server, "Processor", RecordingProcessor)
+    return RecordingProcessor.closed
+
+
+async def test_stream_closed_hook_runs_when_envoy_ends_the_stream(
+    closed: list[str], stub: ExternalProcessorStub
+) -> None:
+    messages = [request_headers("POST", "/v1/chat/completions", {})]
+    assert len([response async for response in stub.Process(iter(messages))]) == 1
+    await wait_for(lambda: closed == [REQUEST_ID])
+
+
+class StuckProcessor(RecordingProcessor):
+    __slots__ = ()
+
+    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+        await asyncio.Event().wait()  # e.g. waiting on Redis when the client goes away
+        raise AssertionError("unreachable")
+
+
+async def test_stream_closed_hook_runs_when_the_stream_is_cancelled_mid_phase(
+    closed: list[str], stub: ExternalProcessorStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "Processor", StuckProcessor)
+    call = stub.Process()
+    await call.write(request_headers("POST", "/v1/chat/completions", {}))
+    await call.read()
+    await call.write(request_body({"model": "openai/gpt-5.4-mini"}))
+    await asyncio.sleep(0.1)
+    call.cancel()  # what Envoy does when the client goes away mid-request
+    await wait_for(lambda: closed == [REQUEST_ID])
+
+
+async def wait_for(check: Callable[[], bool], within: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
+        await asyncio.sleep(0.01)
