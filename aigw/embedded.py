@@ -81,6 +81,7 @@ class EmbeddedRedis(_Service):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            start_new_session=True,
         )
         _wait_for_port(self.port, self._process, self.data_dir / "redis.log", "embedded Redis")
         return f"redis://127.0.0.1:{self.port}/0"
