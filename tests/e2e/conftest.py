@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import asyncpg
 import httpx
+import openai
 import pytest
 import redis.asyncio as aioredis
 
@@ -27,10 +29,21 @@ class E2E:
     mock: MockProvider
     database_url: str
     redis_url: str
+    http: httpx.Client
 
     @property
     def base_url(self) -> str:
         return self.gateway.base_url
+
+    def openai(self, key: str) -> openai.OpenAI:
+        """The real OpenAI SDK pointed at the gateway (no retries: tests see every answer)."""
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=key, max_retries=0, http_client=self.http
+        )
+
+    def anthropic(self, key: str) -> anthropic.Anthropic:
+        """The real Anthropic SDK; close it (`with`) when done."""
+        return anthropic.Anthropic(base_url=self.gateway.url, api_key=key, max_retries=0)
 
 
 @dataclass
@@ -99,7 +112,8 @@ def e2e(
         data_dir=folder / "data",
     )
     gateway = start_gateway(config_path, config)
-    yield E2E(gateway, mock_provider, e2e_database, e2e_redis)
+    with httpx.Client(timeout=30) as http:
+        yield E2E(gateway, mock_provider, e2e_database, e2e_redis, http)
     gateway.stop()
 
 

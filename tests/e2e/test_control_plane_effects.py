@@ -35,7 +35,7 @@ def test_the_issue_walkthrough(e2e: E2E, parent: Parent) -> None:
     )
     assert created.status_code == 201
     key = created.json()["key"]
-    client = openai.OpenAI(base_url=e2e.base_url, api_key=key, max_retries=0)
+    client = e2e.openai(key)
 
     assert client.chat.completions.create(model=MODEL, messages=MESSAGES).choices
     assert list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import anthropic
 import httpx
 import openai
 import pytest
@@ -14,17 +13,13 @@ from tests.e2e.harness import PLATFORM_KEYS
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-def client_for(e2e: E2E, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=e2e.base_url, api_key=key, max_retries=0)
-
-
 def test_chat_completion_reaches_the_provider_without_prefix_or_client_key(
     e2e: E2E, parent: Parent
 ) -> None:
     key = parent.create_sub_account(allowed_models=["openai/gpt-5.4-mini"])["key"]
     e2e.mock.clear()
 
-    completion = client_for(e2e, key).chat.completions.create(
+    completion = e2e.openai(key).chat.completions.create(
         model="openai/gpt-5.4-mini", messages=MESSAGES
     )
 
@@ -40,7 +35,7 @@ def test_chat_completion_reaches_the_provider_without_prefix_or_client_key(
 def test_streaming_chat_arrives_chunk_by_chunk(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["openai/*"])["key"]
 
-    stream = client_for(e2e, key).chat.completions.create(
+    stream = e2e.openai(key).chat.completions.create(
         model="openai/gpt-5.4-mini", messages=MESSAGES, stream=True
     )
     chunks = list(stream)
@@ -52,7 +47,7 @@ def test_streaming_chat_arrives_chunk_by_chunk(e2e: E2E, parent: Parent) -> None
 
 def test_embeddings_completions_and_responses(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["openai/*"])["key"]
-    client = client_for(e2e, key)
+    client = e2e.openai(key)
 
     embedding = client.embeddings.create(model="openai/text-embedding-3-small", input="hello")
     assert embedding.data[0].embedding
@@ -70,28 +65,29 @@ def test_embeddings_completions_and_responses(e2e: E2E, parent: Parent) -> None:
 
 def test_anthropic_sdk_messages_with_x_api_key(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["anthropic/*"])["key"]
-    client = anthropic.Anthropic(base_url=e2e.gateway.url, api_key=key, max_retries=0)
 
-    message = client.messages.create(
-        model="anthropic/claude-haiku-4.5", max_tokens=64, messages=MESSAGES
-    )
+    with e2e.anthropic(key) as client:
+        message = client.messages.create(
+            model="anthropic/claude-haiku-4.5", max_tokens=64, messages=MESSAGES
+        )
+        received = e2e.mock.last_request()
+        with client.messages.stream(
+            model="anthropic/claude-haiku-4.5", max_tokens=64, messages=MESSAGES
+        ) as stream:
+            streamed = stream.get_final_text()
 
     assert message.content[0].text  # type: ignore[union-attr]
-    received = e2e.mock.last_request()
+    assert streamed
     assert received["path"] == "/v1/messages"
     assert received["body"]["model"] == "claude-haiku-4.5"
     assert received["headers"]["x-api-key"] == PLATFORM_KEYS["anthropic"]
     assert received["headers"]["anthropic-version"]
     assert "authorization" not in received["headers"]
-    with client.messages.stream(
-        model="anthropic/claude-haiku-4.5", max_tokens=64, messages=MESSAGES
-    ) as stream:
-        assert stream.get_final_text()
 
 
 def test_google_and_extra_provider_base_paths(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["google/*", "local/*"])["key"]
-    client = client_for(e2e, key)
+    client = e2e.openai(key)
 
     client.chat.completions.create(model="google/gemini-2.5-flash", messages=MESSAGES)
     received = e2e.mock.last_request()
@@ -106,7 +102,7 @@ def test_model_outside_allow_list_is_403(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["openai/gpt-5.4-mini"])["key"]
 
     with pytest.raises(openai.PermissionDeniedError) as raised:
-        client_for(e2e, key).chat.completions.create(
+        e2e.openai(key).chat.completions.create(
             model="anthropic/claude-haiku-4.5", messages=MESSAGES
         )
 
@@ -117,7 +113,7 @@ def test_model_outside_allow_list_is_403(e2e: E2E, parent: Parent) -> None:
 
 def test_glob_allow_list_and_models_endpoint(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["google/gemini-*-flash*"])["key"]
-    client = client_for(e2e, key)
+    client = e2e.openai(key)
 
     client.chat.completions.create(model="google/gemini-2.5-flash", messages=MESSAGES)
     with pytest.raises(openai.PermissionDeniedError):
@@ -153,14 +149,14 @@ def test_bad_keys_are_401_before_anything_is_sent(e2e: E2E, headers: dict[str, s
 
 def test_openai_sdk_raises_authentication_error(e2e: E2E) -> None:
     with pytest.raises(openai.AuthenticationError):
-        client_for(e2e, "sk-aig-" + "y" * 43).chat.completions.create(
+        e2e.openai("sk-aig-" + "y" * 43).chat.completions.create(
             model="openai/gpt-5.4-mini", messages=MESSAGES
         )
 
 
 def test_unknown_provider_and_unpriced_bare_name_are_404(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["*"])["key"]
-    client = client_for(e2e, key)
+    client = e2e.openai(key)
 
     with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="nosuch/model-1", messages=MESSAGES)
@@ -172,7 +168,7 @@ def test_unknown_provider_and_unpriced_bare_name_are_404(e2e: E2E, parent: Paren
 def test_bare_model_name_is_routed_to_its_provider(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["openai/*"])["key"]
 
-    client_for(e2e, key).chat.completions.create(model="gpt-5.4-mini", messages=MESSAGES)
+    e2e.openai(key).chat.completions.create(model="gpt-5.4-mini", messages=MESSAGES)
 
     assert e2e.mock.last_request()["body"]["model"] == "gpt-5.4-mini"
 
@@ -181,7 +177,7 @@ def test_provider_without_key_is_a_clear_400(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["*"])["key"]
 
     with pytest.raises(openai.BadRequestError) as raised:
-        client_for(e2e, key).chat.completions.create(model="nokey/some-model", messages=MESSAGES)
+        e2e.openai(key).chat.completions.create(model="nokey/some-model", messages=MESSAGES)
 
     assert raised.value.code == "provider_not_configured"
     assert raised.value.body["provider"] == "nokey"  # type: ignore[index]
@@ -251,7 +247,7 @@ def test_body_over_the_limit_is_413(e2e: E2E, parent: Parent) -> None:
 
 
 def test_parent_key_works_on_the_data_plane(e2e: E2E, parent: Parent) -> None:
-    completion = client_for(e2e, parent.key).chat.completions.create(
+    completion = e2e.openai(parent.key).chat.completions.create(
         model="openai/gpt-5.4-mini", messages=MESSAGES
     )
     assert completion.choices[0].message.content
@@ -260,7 +256,7 @@ def test_parent_key_works_on_the_data_plane(e2e: E2E, parent: Parent) -> None:
 def test_provider_errors_pass_through_with_their_status(e2e: E2E, parent: Parent) -> None:
     key = parent.create_sub_account(allowed_models=["openai/*"])["key"]
     with pytest.raises(openai.InternalServerError) as raised:
-        client_for(e2e, key).chat.completions.create(
+        e2e.openai(key).chat.completions.create(
             model="openai/gpt-5.4-mini",
             messages=MESSAGES,
             extra_headers={"x-mock-status": "500"},

@@ -31,10 +31,10 @@ def test_up_from_empty_data_dir_then_again(tmp_path: Path) -> None:
         keys = KEY_PATTERN.findall(output)
         assert len(keys) == 1, output
         parent_key = keys[0]
-        created = openai.OpenAI(base_url=first.base_url, api_key=parent_key, max_retries=0)
-        reply = created.chat.completions.create(
-            model="openai/gpt-5.4-mini", messages=[{"role": "user", "content": "Hi"}]
-        )
+        with openai.OpenAI(base_url=first.base_url, api_key=parent_key, max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="openai/gpt-5.4-mini", messages=[{"role": "user", "content": "Hi"}]
+            )
         assert reply.choices[0].message.content
         children = first.children
         assert children
@@ -47,8 +47,8 @@ def test_up_from_empty_data_dir_then_again(tmp_path: Path) -> None:
     second = start_gateway(config_path, config, "--demo")
     try:
         assert not KEY_PATTERN.findall(second.output()), "a second start must not mint a key"
-        client = openai.OpenAI(base_url=second.base_url, api_key=parent_key, max_retries=0)
-        assert client.models.list().data
+        with openai.OpenAI(base_url=second.base_url, api_key=parent_key, max_retries=0) as client:
+            assert client.models.list().data
         children = second.children
     finally:
         code = second.stop(signal.SIGTERM)
@@ -70,8 +70,10 @@ def test_up_without_demo_says_which_provider_has_no_key(tmp_path: Path) -> None:
     gateway = start_gateway(config_path, config)
     try:
         key = KEY_PATTERN.findall(gateway.output())[0]
-        client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
-        with pytest.raises(openai.BadRequestError) as raised:
+        with (
+            openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as client,
+            pytest.raises(openai.BadRequestError) as raised,
+        ):
             client.chat.completions.create(
                 model="openai/gpt-5.4-mini", messages=[{"role": "user", "content": "Hi"}]
             )
