@@ -1,4 +1,4 @@
-"""Usage metering against every recorded provider response in shared/fixtures/providers.
+"""Usage metering against every recorded provider response in tests/fixtures/providers.
 
 The expected figures are written out by hand from the fixtures README table, normalised as
 `extproc.metering.providers` documents: input excludes cache reads and writes, output includes
@@ -14,7 +14,7 @@ import pytest
 
 from extproc.metering import ChatStreamRewriter, Usage, parser_for
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "providers"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "providers"
 
 
 def billed(input: int, output: int, *, cached: int = 0, cache_write: int = 0) -> Usage:

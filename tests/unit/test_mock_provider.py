@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from aigw.mock import MockServer, create_mock_app
 from aigw.mock.text import WORDS
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "providers"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "providers"
 HELLO = [{"role": "user", "content": "Hello, mock!"}]  # 12 bytes: 3 input tokens
 
 
@@ -66,10 +66,7 @@ def sse_events(text: str) -> list[tuple[str | None, str]]:
 
 
 def _fixture(name: str) -> Any:
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"recorded fixture {path} not available")
-    return orjson.loads(path.read_bytes())
+    return orjson.loads((FIXTURES / name).read_bytes())
 
 
 async def test_chat_completion_parses_with_the_openai_sdk(oai: openai.AsyncOpenAI) -> None:
