@@ -295,8 +295,10 @@ async def test_shapes_match_the_recordings(
 
 
 def test_mock_server_runs_on_a_free_port_in_a_thread() -> None:
-    with MockServer() as mock:
-        client = openai.OpenAI(base_url=f"{mock.url}/v1", api_key="k", max_retries=0)
+    with (
+        MockServer() as mock,
+        openai.OpenAI(base_url=f"{mock.url}/v1", api_key="k", max_retries=0) as client,
+    ):
         completion = client.chat.completions.create(model="m", messages=HELLO)
         assert completion.choices[0].message.content
         assert httpx.get(f"{mock.url}/_mock/requests").json()["data"][0]["path"] == (
