@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: up serve test lint format install clean
+.PHONY: up serve test lint format install clean bench bench-smoke
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ serve: $(STAMP)  ## the gateway with the real providers of config/gateway.yaml
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## the benchmark: gateway vs plain Envoy, LiteLLM, Portkey (needs wrk; 15-30 min)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-smoke: $(STAMP)  ## ~10 s of the benchmark (envoy + gateway), to check that it runs
+	$(BIN)/python -m bench --smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

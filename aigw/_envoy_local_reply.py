@@ -85,6 +85,22 @@ def build_local_reply_config(max_request_bytes: int) -> LocalReplyConfig:
             "api_error",
             "The gateway's control plane is not reachable right now; retry shortly.",
         ),
+        _mapper(  # an https provider whose certificate does not verify (CA, host name)
+            _cel("response.code_details.contains('CERTIFICATE_VERIFY_FAILED')"),
+            502,
+            "provider_tls_error",
+            "api_error",
+            "The provider's TLS certificate could not be verified (not signed by a trusted CA, "
+            "or issued for another host name); the request was not sent. The operator can set "
+            "the provider's ca_file.",
+        ),
+        _mapper(  # any other TLS failure with an https provider (handshake, protocol)
+            _cel("response.code_details.contains('TLS_error')"),
+            502,
+            "provider_tls_error",
+            "api_error",
+            "The TLS handshake with the provider failed; the request was not sent.",
+        ),
         _mapper(
             _flags(*_TIMEOUT_FLAGS),
             504,

@@ -7,6 +7,8 @@ the dotted key at fault (`config/gateway.yaml: tiers.free.spend_cap_cent: unknow
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from decimal import Decimal
@@ -25,6 +27,10 @@ AuthStyle = Literal["bearer", "x-api-key"]
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MASTER_KEY_BYTES = 32
+GENERATE_MASTER_KEY = (
+    'python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"'
+)
 
 
 class ConfigError(Exception):
@@ -112,11 +118,33 @@ class GatewayConfig(_Strict):
     providers: dict[str, ProviderConfig] = {}
     tiers: dict[str, TierConfig] = {}
     pricing: dict[str, PriceConfig] = {}
+    # The master key that encrypts BYOK provider keys at rest (docs/provider-keys.md): base64 of
+    # 32 random bytes. Empty: `aigw up` keeps a generated one in `data_dir/secrets.key`.
+    secrets_key: str | None = Field(None, repr=False)
+    # Earlier master keys, still accepted for decryption while keys are rotated.
+    secrets_previous_keys: tuple[str, ...] = Field((), repr=False)
 
     @field_validator("redis_url", "database_url")
     @classmethod
     def _blank_is_embedded(cls, value: str | None) -> str | None:
         return value.strip() or None if value else None
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _check_secrets_key(cls, value: str | None) -> str | None:
+        value = value.strip() if value else ""
+        if not value:
+            return None
+        decode_master_key(value)
+        return value
+
+    @field_validator("secrets_previous_keys")
+    @classmethod
+    def _check_previous_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        keys = tuple(key.strip() for key in value if key and key.strip())
+        for key in keys:
+            decode_master_key(key)
+        return keys
 
     @field_validator("providers", "tiers")
     @classmethod
@@ -137,6 +165,20 @@ class GatewayConfig(_Strict):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+
+def decode_master_key(text: str) -> bytes:
+    """The 32 bytes of a base64 master key; ValueError (never showing the value) otherwise."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError(
+            f"must be {MASTER_KEY_BYTES} random bytes in base64; generate one with: "
+            + GENERATE_MASTER_KEY
+        )
+    return key
 
 
 def expand_env(text: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:

@@ -9,6 +9,7 @@ Errors are raised where they are found and turned into a response only at the ed
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -42,7 +43,14 @@ class GatewayError(Exception):
         return {"error": error}
 
     def body_bytes(self) -> bytes:
-        return orjson.dumps(self.body())
+        """JSON; a Decimal amount is written as a number (exact up to 15 significant digits)."""
+        return orjson.dumps(self.body(), default=_decimal_as_number)
+
+
+def _decimal_as_number(value: object) -> float:
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def invalid_request(message: str, param: str | None = None) -> GatewayError:

@@ -1,11 +1,13 @@
 """`aigw up`: every part of the gateway in the foreground, and nothing left when it stops.
 
-Start-up order: embedded Redis / PostgreSQL (when no URL is configured) → migrations → first
-parent account → mock provider (`--demo`) → control plane → extproc → Envoy → `/healthz`
-through Envoy. Children get the resolved configuration in `$AIGW_CONFIG_JSON`, run in their own
-process groups (Ctrl-C reaches only the supervisor, which stops them in order) and die with the
-supervisor (PR_SET_PDEATHSIG). Stopping: Envoy first, then the rest in reverse order, SIGTERM
-then SIGKILL after a grace period, then the embedded services. Logs: `data_dir/logs/`.
+Start-up order: embedded Redis / PostgreSQL (when no URL is configured) → master key of the
+provider keys (generated into `data_dir/secrets.key` when none is configured) → migrations and
+the check that stored provider keys open with it → first parent account → mock provider
+(`--demo`) → control plane → extproc → Envoy → `/healthz` through Envoy. Children get the
+resolved configuration in `$AIGW_CONFIG_JSON`, run in their own process groups (Ctrl-C reaches
+only the supervisor, which stops them in order) and die with the supervisor (PR_SET_PDEATHSIG).
+Stopping: Envoy first, then the rest in reverse order, SIGTERM then SIGKILL after a grace period,
+then the embedded services. Logs: `data_dir/logs/`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from aigw.embedded import free_port
 from aigw.envoy_config import build_envoy_config, render_envoy_yaml
 from aigw.ports import LOOPBACK, PortInUse, check_ports, port_open, probe_host
 from aigw.processes import die_with_parent
+from aigw.secrets_box import SecretsError, with_secrets_key
 
 RUN_STATE_FILE = "aigw-up.json"
 PORT_TIMEOUT_S = 30.0
@@ -128,9 +131,17 @@ class Supervisor:
         running = read_run_state(self.data_dir)
         if running:
             raise StartupError(f"aigw up already runs on {self.data_dir} (pid {running['pid']})")
+        from controlplane.provider_key_service import ProviderKeysUnreadable
+
         config = self._with_embedded_services(self.config)
+        try:  # the master key of BYOK provider keys, generated into data_dir on the first start
+            config = with_secrets_key(config)
+        except SecretsError as exc:
+            raise StartupError(str(exc)) from None
         try:
             created = asyncio.run(_prepare_database(config))
+        except ProviderKeysUnreadable as exc:
+            raise StartupError(str(exc)) from None
         except Exception as exc:
             raise StartupError(f"preparing the database failed: {exc!r}") from exc
         if created:  # now, whatever happens next: the key exists and is shown only once
@@ -288,12 +299,15 @@ class Supervisor:
 
 
 async def _prepare_database(config: GatewayConfig) -> tuple[str, str] | None:
-    """Apply migrations; on the first start create the parent account: `(id, key)` then."""
+    """Apply migrations, refuse provider keys the master key cannot open (else project them); on
+    the first start create the parent account: `(id, key)` then."""
     from controlplane.accounts import ensure_first_parent
     from controlplane.migrate import migrate
+    from controlplane.provider_key_service import prepare
 
     assert config.database_url
     await migrate(config.database_url)
+    await prepare(config)
     return await ensure_first_parent(config.database_url, config.redis_url)
 
 

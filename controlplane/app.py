@@ -2,10 +2,13 @@
 
     create_app(config, database_url, redis_url) -> FastAPI
 
-On start-up every key policy is projected to Redis from PostgreSQL (then the `projected` marker
-is set); while running, a background task re-projects whenever Redis loses the marker. A Redis
-that does not answer at start-up delays the projection (the data plane fails closed meanwhile)
-but does not stop the control plane.
+On start-up every key policy (and every not-ready spend) is projected to Redis from PostgreSQL
+(then the `projected` marker is set); while running, a background task re-projects whenever Redis
+loses the marker. A Redis that does not answer at start-up delays the projection (the data plane
+fails closed meanwhile) but does not stop the control plane.
+
+The usage ingester (`controlplane.ingester`) runs beside the API as a background task from the
+same lifespan (`ingest=False` leaves it out); at shutdown it finishes its batch and stops.
 """
 
 from __future__ import annotations
@@ -22,15 +25,23 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from aigw.config import GatewayConfig
+from controlplane import provider_keys as provider_keys_routes
+from controlplane import webhooks
 from controlplane.clock import Clock, utc_now
 from controlplane.context import Context, ContextDep
+from controlplane.dispatcher import Dispatcher
 from controlplane.errors import install_error_handlers
+from controlplane.ingester import Ingester
 from controlplane.projector import Projector
+from controlplane.provider_key_service import ProviderKeyService
 from controlplane.routes import router
+from controlplane.webhook_secrets import secret_box
 
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+INGESTER_STOP_TIMEOUT = 5.0
+DISPATCHER_STOP_TIMEOUT = 10.0
 
 
 def create_app(
@@ -40,6 +51,7 @@ def create_app(
     *,
     clock: Clock = utc_now,
     reproject_interval: float = 1.0,
+    ingest: bool = True,
 ) -> FastAPI:
     """The app; PostgreSQL must already be migrated (`controlplane.migrate.migrate`)."""
 
@@ -48,6 +60,11 @@ def create_app(
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10, command_timeout=30)
         redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=10)
         watcher: asyncio.Task[None] | None = None
+        ingester: Ingester | None = None
+        ingesting: asyncio.Task[None] | None = None
+        dispatcher: Dispatcher | None = None
+        dispatching: asyncio.Task[None] | None = None
+        provider_keys: ProviderKeyService | None = None
         try:
             projector = Projector(pool, redis, clock)
             try:
@@ -56,8 +73,33 @@ def create_app(
                 log.warning("Redis does not answer (%s); key policies will be projected later", exc)
             app.state.context = Context(config, pool, redis, projector, clock)
             watcher = asyncio.create_task(projector.keep_projected(reproject_interval))
+            provider_keys = await ProviderKeyService.start(
+                config, pool, redis, clock, reproject_interval
+            )
+            app.state.provider_keys = provider_keys
+            if ingest:
+                ingester = Ingester(pool, redis, clock=clock)
+                app.state.ingester = ingester
+                ingesting = asyncio.create_task(ingester.run())
+                dispatcher = Dispatcher(pool, secret_box(config), dsn=database_url)
+                app.state.dispatcher = dispatcher
+                dispatching = asyncio.create_task(dispatcher.run())
             yield
         finally:
+            if dispatcher is not None and dispatching is not None:
+                dispatcher.stop()
+                try:
+                    await asyncio.wait_for(dispatching, DISPATCHER_STOP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("the webhook dispatcher did not stop in time; its leases run out")
+            if ingester is not None and ingesting is not None:
+                ingester.stop()
+                try:
+                    await asyncio.wait_for(ingesting, INGESTER_STOP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("the usage ingester did not stop in time; its batch stays pending")
+            if provider_keys is not None:
+                await provider_keys.stop()
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -76,6 +118,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(webhooks.router)
+    app.include_router(provider_keys_routes.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     return app
 

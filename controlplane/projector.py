@@ -14,6 +14,11 @@ A key's entry:
 
 If Redis fails after PostgreSQL committed, the change is not lost: the projector notes that Redis
 is stale and `keep_projected` rebuilds everything once Redis answers again.
+
+Spend: `project_all` also rebuilds the current-period spend of every sub-account whose state is
+not ready in Redis (`controlplane.spend_rebuild`) before it sets the `projected` marker; a new
+sub-account's spend is made ready (0) before its key is projected (`start_spend`), so the data
+plane never sees its key without its budget.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from aigw.policy import KeyPolicy
 from controlplane import store
 from controlplane.clock import Clock, epoch, iso_z, utc_now
 from controlplane.models import ApiKey, ParentAccount, SubAccount
+from controlplane.spend_rebuild import SpendRebuilder
+from extproc.limits import LimitStore, LimitStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +80,35 @@ def parent_policy(parent: ParentAccount, key: ApiKey) -> KeyPolicy:
     )
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Projector:
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, clock: Clock = utc_now):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        clock: Clock = utc_now,
+        limits: LimitStore | None = None,
+    ):
         self._pool = pool
         self._redis = redis
         self._clock = clock
         self._stale = False
+        self.limits = limits or LimitStore(redis)
+        self.spend = SpendRebuilder(pool, redis, self.limits, clock)
+
+    async def start_spend(self, sub: SubAccount) -> None:
+        """A sub-account just created: its spend ready (0) in Redis, before its key is
+        projected. A Redis failure is logged and left to `keep_projected` (which rebuilds every
+        owner that is not ready)."""
+        try:
+            await self.spend.start_fresh(sub)
+        except (LimitStoreUnavailable, RedisError, OSError) as exc:
+            self._stale = True
+            log.warning("spend of %s not yet ready in Redis (%s); will retry", sub.id, exc)
 
     async def project_sub_account(self, sub_account_id: str) -> None:
         """Re-project every key of one sub-account after a change to it."""
@@ -101,12 +131,14 @@ class Projector:
             await self._write([(key, parent_policy(parent, key)) for key in keys])
 
     async def project_all(self) -> int:
-        """Rebuild every key policy from PostgreSQL, then set the `projected` marker.
+        """Rebuild every key policy and every not-ready spend from PostgreSQL, then set the
+        `projected` marker.
 
         Returns the number of keys written. Raises when Redis or PostgreSQL fails.
         """
         self._stale = False
         written = await self._project_all_parents() + await self._project_all_sub_accounts()
+        await self.spend.rebuild_all()
         pipe = self._redis.pipeline(transaction=False)
         pipe.publish(keyspace.INVALIDATION_CHANNEL, "*")
         pipe.set(keyspace.PROJECTED_MARKER, iso_z(self._clock()) or "")
@@ -119,6 +151,8 @@ class Projector:
         empty) or a write to it failed. Failures are logged once per outage and retried."""
         failing = False
         while True:
+            if _cancelling():  # a cancel some library swallowed: stop all the same
+                raise asyncio.CancelledError
             await asyncio.sleep(interval)
             try:
                 if self._stale or not await self._redis.exists(keyspace.PROJECTED_MARKER):
@@ -127,6 +161,10 @@ class Projector:
                     log.info("Redis answers again; key policies are projected")
                 failing = False
             except Exception as exc:  # the loop must outlive any one failure
+                if _cancelling():
+                    # a cancel that arrived mid-query can surface as the driver's own error
+                    # (asyncpg's rollback of the interrupted transaction): stop anyway
+                    raise asyncio.CancelledError from exc
                 self._stale = True
                 if not failing:
                     log.warning("cannot project key policies yet (%r); retrying", exc)

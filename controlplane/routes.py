@@ -11,8 +11,9 @@ from pydantic import AfterValidator
 from aigw.errors import invalid_request
 from controlplane import store, subaccounts, views
 from controlplane.auth import CallerDep, ParentDep
-from controlplane.context import ContextDep
+from controlplane.context import Context, ContextDep
 from controlplane.errors import not_found
+from controlplane.responses import ExactJSONResponse
 from controlplane.schemas import (
     Account,
     RotateRequest,
@@ -37,6 +38,16 @@ Tag = Annotated[
 ]
 
 
+def _answer(body: dict[str, Any], status_code: int = 200) -> ExactJSONResponse:
+    """Money stays exact: a Response is not re-encoded by FastAPI (`controlplane.responses`)."""
+    return ExactJSONResponse(body, status_code=status_code)
+
+
+def _live(ctx: Context) -> dict[str, Any]:
+    """What `views.sub_account` needs to read the live spend."""
+    return {"pool": ctx.pool, "limits": ctx.projector.limits}
+
+
 def _checked_id(sub_account_id: str) -> str:
     if not _SUB_ACCOUNT_ID.match(sub_account_id):
         raise not_found("sub-account", sub_account_id.encode("unicode_escape").decode()[:80])
@@ -52,9 +63,10 @@ def _checked_id(sub_account_id: str) -> str:
 )
 async def create_sub_account(
     body: SubAccountCreate, parent: ParentDep, ctx: ContextDep
-) -> dict[str, Any]:
+) -> ExactJSONResponse:
     sub, key = await subaccounts.create(ctx, parent.id, body.given())
-    return await views.sub_account(ctx.redis, sub, ctx.clock(), key=key)
+    view = await views.sub_account(ctx.redis, sub, ctx.clock(), key=key, **_live(ctx))
+    return _answer(view, 201)
 
 
 @router.get(
@@ -70,7 +82,7 @@ async def list_sub_accounts(
     after: Annotated[str | None, Query(max_length=100)] = None,
     tag: Tag = None,
     status: Status | None = None,
-) -> dict[str, Any]:
+) -> ExactJSONResponse:
     position = None
     if after is not None:
         if _SUB_ACCOUNT_ID.match(after):
@@ -81,7 +93,8 @@ async def list_sub_accounts(
         ctx.pool, parent.id, limit=limit, after=position, tag=tag, status=status
     )
     now = ctx.clock()
-    return views.listing([await views.sub_account(ctx.redis, sub, now) for sub in subs], has_more)
+    data = [await views.sub_account(ctx.redis, sub, now, **_live(ctx)) for sub in subs]
+    return _answer(views.listing(data, has_more))
 
 
 @router.get(
@@ -92,9 +105,9 @@ async def list_sub_accounts(
 )
 async def get_sub_account(
     sub_account_id: SubAccountId, parent: ParentDep, ctx: ContextDep
-) -> dict[str, Any]:
+) -> ExactJSONResponse:
     sub = await subaccounts.get(ctx, parent.id, _checked_id(sub_account_id))
-    return await views.sub_account(ctx.redis, sub, ctx.clock())
+    return _answer(await views.sub_account(ctx.redis, sub, ctx.clock(), **_live(ctx)))
 
 
 @router.patch(
@@ -105,9 +118,9 @@ async def get_sub_account(
 )
 async def update_sub_account(
     sub_account_id: SubAccountId, body: SubAccountFields, parent: ParentDep, ctx: ContextDep
-) -> dict[str, Any]:
+) -> ExactJSONResponse:
     sub = await subaccounts.update(ctx, parent.id, _checked_id(sub_account_id), body.given())
-    return await views.sub_account(ctx.redis, sub, ctx.clock())
+    return _answer(await views.sub_account(ctx.redis, sub, ctx.clock(), **_live(ctx)))
 
 
 @router.delete(
@@ -118,9 +131,9 @@ async def update_sub_account(
 )
 async def delete_sub_account(
     sub_account_id: SubAccountId, parent: ParentDep, ctx: ContextDep
-) -> dict[str, Any]:
+) -> ExactJSONResponse:
     sub = await subaccounts.disable(ctx, parent.id, _checked_id(sub_account_id))
-    return await views.sub_account(ctx.redis, sub, ctx.clock())
+    return _answer(await views.sub_account(ctx.redis, sub, ctx.clock(), **_live(ctx)))
 
 
 @router.post(
@@ -134,10 +147,11 @@ async def rotate_key(
     parent: ParentDep,
     ctx: ContextDep,
     body: Annotated[RotateRequest | None, Body()] = None,
-) -> dict[str, Any]:
+) -> ExactJSONResponse:
     grace = body.grace_seconds if body is not None else 0
     sub, key = await subaccounts.rotate(ctx, parent.id, _checked_id(sub_account_id), grace)
-    return await views.sub_account(ctx.redis, sub, ctx.clock(), key=key)
+    view = await views.sub_account(ctx.redis, sub, ctx.clock(), key=key, **_live(ctx))
+    return _answer(view)
 
 
 @router.get(
@@ -146,10 +160,12 @@ async def rotate_key(
     responses={200: {"model": SubAccountObject | Account}},
     summary="The calling key's own account: a sub-account with live spend, or the parent",
 )
-async def me(caller: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+async def me(caller: CallerDep, ctx: ContextDep) -> ExactJSONResponse:
     if caller.sub_account is None:
-        return views.account(caller.parent)
-    return await views.sub_account(ctx.redis, caller.sub_account, ctx.clock())
+        return _answer(views.account(caller.parent))
+    return _answer(
+        await views.sub_account(ctx.redis, caller.sub_account, ctx.clock(), **_live(ctx))
+    )
 
 
 @router.get(

@@ -151,8 +151,13 @@ class RotateRequest(BaseModel):
 class Spend(BaseModel):
     period_start: str
     resets_at: str | None
-    spent_cents: int
-    remaining_cents: int | None
+    spent_cents: float = Field(
+        description="Cost + fee settled in this period, in cents: a JSON number with up to "
+        "six decimals, exact."
+    )
+    remaining_cents: float | None = Field(
+        description="spend_cap_cents minus spent_cents, never negative; null without a cap."
+    )
 
 
 class SubAccountObject(BaseModel):

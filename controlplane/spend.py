@@ -1,58 +1,92 @@
-"""Budget periods and the live `spend` of a sub-account (API.md §5).
+"""The live `spend` of a sub-account (API.md §5, §6): its budget period and what it has spent.
 
-Periods are UTC: `monthly` is the calendar month, `weekly` starts on Monday, `daily` at
-midnight, `total` runs from the sub-account's creation and never resets.
+Periods are UTC (`aigw.periods`): `monthly` is the calendar month, `weekly` starts on Monday,
+`daily` at midnight, `total` runs from the sub-account's creation and never resets.
+
+What was spent is read from Redis (`LimitStore.read_spend`: settled cost + fee of the period, in
+micro-cents) once the owner's spend is ready there. While it is not (Redis restarted empty, the
+rebuild has not run yet) or Redis does not answer, the ledger's sum for the period is shown
+instead: the source of truth, behind the live counter only by what is not ingested yet.
+Amounts are `Decimal` cents with up to six decimals, exact; `controlplane.responses` writes them
+as JSON numbers.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import logging
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from aigw import keyspace
+from aigw.money import MICROCENTS_PER_CENT, microcents_to_cents
+from aigw.periods import Period, current_period, period_bounds
+from controlplane import store
 from controlplane.clock import iso_z
 from controlplane.models import SubAccount
+from extproc.limits import LimitStore, LimitStoreUnavailable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["period_bounds", "spend_view", "spent_cents", "spent_microcents"]
 
 
-def period_bounds(
-    budget_period: str, created_at: datetime, now: datetime
-) -> tuple[datetime, datetime | None]:
-    """(start, end) of the period that contains `now`; end is None for `total`."""
-    now = now.astimezone(UTC)
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if budget_period == "daily":
-        return midnight, midnight + timedelta(days=1)
-    if budget_period == "weekly":
-        start = midnight - timedelta(days=midnight.weekday())
-        return start, start + timedelta(days=7)
-    if budget_period == "monthly":
-        start = midnight.replace(day=1)
-        if start.month == 12:
-            return start, start.replace(year=start.year + 1, month=1)
-        return start, start.replace(month=start.month + 1)
-    if budget_period == "total":
-        return created_at.astimezone(UTC), None
-    raise ValueError(f"unknown budget period {budget_period!r}")
+async def spent_microcents(
+    redis: aioredis.Redis,
+    sub_account_id: str,
+    period: Period,
+    pool: asyncpg.Pool | None = None,
+    limits: LimitStore | None = None,
+) -> int:
+    """Cost + fee the sub-account has settled in `period`, in micro-cents. `limits`: the
+    process's `LimitStore` (one is built when not given)."""
+    try:
+        ready = await redis.hget(keyspace.owner_state(sub_account_id), "ready")
+        if ready == b"1" or pool is None:
+            limits = limits or LimitStore(redis)
+            spent, _reserved = await limits.read_spend(sub_account_id, period.id)
+            return spent
+    except (RedisError, OSError, LimitStoreUnavailable) as exc:
+        if pool is None:
+            raise
+        log.warning("Redis does not answer (%s); spend read from the ledger", exc)
+    sums = await store.ledger_spend(pool, {sub_account_id: period.id})
+    return sums.get(sub_account_id, 0)
 
 
-async def spent_cents(redis: aioredis.Redis, owner_id: str, period_start: datetime) -> int:
-    """What the owner has spent in the period starting at `period_start`.
+async def spent_cents(
+    redis: aioredis.Redis,
+    sub_account_id: str,
+    period: Period,
+    pool: asyncpg.Pool | None = None,
+    limits: LimitStore | None = None,
+) -> Decimal:
+    """`spent_microcents` in cents, exact (up to six decimals)."""
+    spent = await spent_microcents(redis, sub_account_id, period, pool, limits)
+    return microcents_to_cents(spent)
 
-    Seam for the metering issue, which will read the period's spend counter from Redis. Nothing
-    is metered yet, so the true current value is 0.
-    """
-    return 0
 
-
-async def spend_view(redis: aioredis.Redis, sub: SubAccount, now: datetime) -> dict[str, Any]:
+async def spend_view(
+    redis: aioredis.Redis,
+    sub: SubAccount,
+    now: datetime,
+    pool: asyncpg.Pool | None = None,
+    limits: LimitStore | None = None,
+) -> dict[str, Any]:
     """The `spend` object of a sub-account at `now`."""
-    start, end = period_bounds(sub.budget_period, sub.created_at, now)
-    spent = await spent_cents(redis, sub.id, start)
-    remaining = None if sub.spend_cap_cents is None else max(sub.spend_cap_cents - spent, 0)
+    period = current_period(sub.budget_period, sub.created_at, now)
+    spent = await spent_microcents(redis, sub.id, period, pool, limits)
+    remaining: Decimal | None = None
+    if sub.spend_cap_cents is not None:
+        cap = sub.spend_cap_cents * MICROCENTS_PER_CENT
+        remaining = microcents_to_cents(max(cap - spent, 0))
     return {
-        "period_start": iso_z(start),
-        "resets_at": iso_z(end),
-        "spent_cents": spent,
+        "period_start": iso_z(period.start),
+        "resets_at": iso_z(period.end),
+        "spent_cents": microcents_to_cents(spent),
         "remaining_cents": remaining,
     }

@@ -289,3 +289,52 @@ async def sub_accounts_after(
         count,
     )
     return [_sub(row) for row in rows]
+
+
+async def sub_accounts_page(conn: Executor, after_id: str, count: int) -> list[SubAccount]:
+    """A page of all sub-accounts in id order, without locks."""
+    rows = await conn.fetch(
+        f"SELECT {_SUB_COLUMNS} FROM sub_accounts WHERE id > $1 ORDER BY id LIMIT $2",
+        after_id,
+        count,
+    )
+    return [_sub(row) for row in rows]
+
+
+# Usage ledger (written by the ingester, `controlplane.ingester`)
+
+
+async def ledger_spend(conn: Executor, periods: dict[str, str]) -> dict[str, int]:
+    """Micro-cents (cost + fee) the ledger holds for each sub-account in the given period id
+    (`{sub_account_id: period_id}`); sub-accounts without rows are absent."""
+    if not periods:
+        return {}
+    rows = await conn.fetch(
+        "SELECT l.sub_account_id, sum(l.cost_microcents + l.fee_microcents) AS spent"
+        " FROM unnest($1::text[], $2::text[]) AS p(sub_account_id, period)"
+        " JOIN usage_ledger l ON l.sub_account_id = p.sub_account_id AND l.period = p.period"
+        " GROUP BY l.sub_account_id",
+        list(periods),
+        list(periods.values()),
+    )
+    return {row["sub_account_id"]: int(row["spent"]) for row in rows}
+
+
+async def ledger_request_ids(conn: Executor, request_ids: list[str]) -> set[str]:
+    """Which of these requests the ledger already holds."""
+    if not request_ids:
+        return set()
+    rows = await conn.fetch(
+        "SELECT request_id FROM usage_ledger WHERE request_id = ANY($1::text[])", request_ids
+    )
+    return {row["request_id"] for row in rows}
+
+
+async def existing_event_keys(conn: Executor, dedupe_keys: list[str]) -> set[str]:
+    """Which of these event dedupe keys the outbox already holds."""
+    if not dedupe_keys:
+        return set()
+    rows = await conn.fetch(
+        "SELECT dedupe_key FROM events WHERE dedupe_key = ANY($1::text[])", dedupe_keys
+    )
+    return {row["dedupe_key"] for row in rows}

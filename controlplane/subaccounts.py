@@ -12,7 +12,7 @@ from typing import Any
 from aigw.config import GatewayConfig, TierConfig
 from aigw.errors import invalid_request
 from aigw.keys import generate_key, hash_key, new_id
-from controlplane import store
+from controlplane import store, webhook_events
 from controlplane.context import Context
 from controlplane.errors import not_found
 from controlplane.models import SubAccount
@@ -53,6 +53,8 @@ async def create(ctx: Context, parent_id: str, given: dict[str, Any]) -> tuple[S
         sub = await store.insert_sub_account(
             conn, new_id("sa"), parent_id, fields, hash_key(key), ctx.clock()
         )
+        await webhook_events.sub_account_created(conn, sub, ctx.clock())
+    await ctx.projector.start_spend(sub)  # its budget is ready before its key works
     await ctx.projector.project_sub_account(sub.id)
     return sub, key
 

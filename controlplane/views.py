@@ -5,18 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import redis.asyncio as aioredis
 
 from aigw.config import TierConfig
 from controlplane.clock import iso_z
 from controlplane.models import ParentAccount, SubAccount
 from controlplane.spend import spend_view
+from extproc.limits import LimitStore
 
 
 async def sub_account(
-    redis: aioredis.Redis, sub: SubAccount, now: datetime, key: str | None = None
+    redis: aioredis.Redis,
+    sub: SubAccount,
+    now: datetime,
+    key: str | None = None,
+    *,
+    pool: asyncpg.Pool | None = None,
+    limits: LimitStore | None = None,
 ) -> dict[str, Any]:
-    """The `sub_account` object with live `spend`; `key` only on create and rotate."""
+    """The `sub_account` object with live `spend`; `key` only on create and rotate. Amounts are
+    `Decimal`: answer with `controlplane.responses.ExactJSONResponse`. With `pool`, the spend is
+    read from the ledger while Redis cannot tell it (`spend.spent_microcents`); `limits` is the
+    process's `LimitStore` (`ctx.projector.limits`)."""
     body: dict[str, Any] = {"id": sub.id, "object": "sub_account"}
     if key is not None:
         body["key"] = key
@@ -35,7 +46,7 @@ async def sub_account(
         "status": sub.status,
         "expires_at": iso_z(sub.expires_at),
         "created_at": iso_z(sub.created_at),
-        "spend": await spend_view(redis, sub, now),
+        "spend": await spend_view(redis, sub, now, pool, limits),
     }
     return body
 

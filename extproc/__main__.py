@@ -13,23 +13,33 @@ import logging
 import signal
 import sys
 
+import redis.asyncio as aioredis
 import uvloop
 
 from aigw.config import ConfigError, GatewayConfig, runtime_config
+from aigw.secrets_box import Keyring, SecretsError
+from extproc.byok import ProviderKeyCache
 from extproc.gateway import Gateway
+from extproc.limits import LimitStore
 from extproc.policies import PolicyStore
 from extproc.server import create_server
 
 log = logging.getLogger("extproc")
 
 _STOP_GRACE_SECONDS = 5.0
+_REDIS_TIMEOUT_S = 0.5
 
 
 async def serve(config: GatewayConfig, redis_url: str) -> None:
     """Serve until SIGTERM or SIGINT, then let open streams finish for a few seconds."""
     policies = PolicyStore(redis_url)
     policies.start()
-    gateway = Gateway.from_config(config, policies)
+    byok = ProviderKeyCache(redis_url, Keyring.from_config(config), config.providers)
+    byok.start()
+    limits_redis = aioredis.from_url(
+        redis_url, socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S
+    )
+    gateway = Gateway.from_config(config, policies, LimitStore(limits_redis), byok=byok)
     host, port = config.server.host, config.server.extproc_port
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server, _ = create_server(gateway, address, config.max_request_bytes)
@@ -43,7 +53,10 @@ async def serve(config: GatewayConfig, redis_url: str) -> None:
     await stop.wait()
     log.info("extproc stopping")
     await server.stop(_STOP_GRACE_SECONDS)
+    await gateway.settler.drain(_STOP_GRACE_SECONDS)
     await policies.close()
+    await byok.close()
+    await limits_redis.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = runtime_config(args.config)
-    except ConfigError as exc:
+        Keyring.from_config(config)  # an unreadable data_dir/secrets.key stops us here
+    except (ConfigError, SecretsError) as exc:
         log.error("%s", exc)
         return 2
     if not config.redis_url:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    BodyMutation,
     BodyResponse,
     CommonResponse,
     HeaderMutation,
@@ -34,6 +36,24 @@ CONTINUE_RESPONSE_HEADERS = ProcessingResponse(response_headers=HeadersResponse(
 CONTINUE_RESPONSE_BODY = ProcessingResponse(response_body=BodyResponse())
 CONTINUE_REQUEST_TRAILERS = ProcessingResponse(request_trailers=TrailersResponse())
 CONTINUE_RESPONSE_TRAILERS = ProcessingResponse(response_trailers=TrailersResponse())
+
+
+def _mode(response_body: int) -> ProcessingMode:
+    """The whole processing mode with one response-body mode: an override replaces every field,
+    so the others repeat the filter's configuration (ENVOY-NOTES #13)."""
+    return ProcessingMode(
+        request_header_mode=ProcessingMode.SEND,
+        request_body_mode=ProcessingMode.BUFFERED,
+        response_header_mode=ProcessingMode.SEND,
+        response_body_mode=response_body,
+        request_trailer_mode=ProcessingMode.SKIP,
+        response_trailer_mode=ProcessingMode.SKIP,
+    )
+
+
+STREAMED_BODY = _mode(ProcessingMode.STREAMED)
+BUFFERED_BODY = _mode(ProcessingMode.BUFFERED)
+NO_BODY = _mode(ProcessingMode.NONE)
 
 
 def header(key: str, value: str | bytes, action: int = OVERWRITE) -> HeaderValueOption:
@@ -71,4 +91,23 @@ def error_response(error: GatewayError, request_id: str) -> ProcessingResponse:
     """The one place a `GatewayError` becomes what the client sees: the OpenAI error envelope."""
     return immediate_response(
         error.status, error.body_bytes(), request_id, f"aigw_{error.code}", error.headers
+    )
+
+
+def response_headers_reply(
+    headers: dict[str, str], body_mode: ProcessingMode
+) -> ProcessingResponse:
+    """Add `headers` to the client's response and choose how its body reaches the processor."""
+    mutation = HeaderMutation(set_headers=[header(key, value) for key, value in headers.items()])
+    return ProcessingResponse(
+        response_headers=HeadersResponse(response=CommonResponse(header_mutation=mutation)),
+        mode_override=body_mode,
+    )
+
+
+def replace_response_body(body: bytes) -> ProcessingResponse:
+    """Send `body` to the client instead of the chunk received (nothing when empty)."""
+    mutation = BodyMutation(body=body) if body else BodyMutation(clear_body=True)
+    return ProcessingResponse(
+        response_body=BodyResponse(response=CommonResponse(body_mutation=mutation))
     )

@@ -2,9 +2,14 @@
 
 - request headers: match the endpoint, drop client-sent `x-aig-*` headers, authenticate the
   gateway key (401 before the body is read); GET /v1/models is answered here.
-- request body (buffered): parse the JSON once, resolve and check the model, admit, then send the
-  request on to its provider with the provider's auth (see `upstreams`).
-- response headers and body: passed through.
+- request body (buffered): parse the JSON once, resolve and check the model, admit (rate limits
+  and spend cap, see `admission`), ask for streamed usage, then send the request on to its
+  provider with the provider's auth (see `upstreams`).
+- response headers: note the status; choose how the body reaches us (streamed for SSE and
+  bodies of unknown length, buffered otherwise); add the rate-limit, clamp and `x-aig-byok`
+  headers.
+- response body: meter it (see `metering`), strip the usage chunk the client did not ask for,
+  and settle at its end; `on_stream_closed` settles a request whose stream was cut off.
 
 Phase methods raise `GatewayError`; the server turns it into the client's answer.
 """
@@ -24,36 +29,71 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from aigw.errors import invalid_api_key, invalid_request, model_not_allowed, provider_not_configured
 from aigw.keys import hash_key, looks_like_key
 from aigw.policy import KeyPolicy
+from extproc.admission import Ticket
 from extproc.endpoints import Endpoint, match_endpoint
 from extproc.gateway import Gateway
 from extproc.messages import (
+    BUFFERED_BODY,
     CONTINUE_REQUEST_HEADERS,
     CONTINUE_REQUEST_TRAILERS,
     CONTINUE_RESPONSE_BODY,
     CONTINUE_RESPONSE_HEADERS,
     CONTINUE_RESPONSE_TRAILERS,
+    NO_BODY,
+    STREAMED_BODY,
     immediate_response,
     remove_request_headers,
+    replace_response_body,
+    response_headers_reply,
 )
+from extproc.metering import ChatStreamRewriter, Usage, UsageParser, parser_for
+from extproc.settlement import Outcome, RequestFacts, settle_request
 from extproc.upstreams import with_body
 
 _GATEWAY_HEADER_PREFIX = "x-aig-"
 _ANTHROPIC = "anthropic"
+_CLAMP_HEADER = "x-aig-max-tokens-clamped"
+_BYOK_HEADER = "x-aig-byok"
+_BUFFERED_BODY_LIMIT = 4 * 1024 * 1024
+_METERING_API = {
+    Endpoint.CHAT_COMPLETIONS: "openai_chat",
+    Endpoint.COMPLETIONS: "openai_completions",
+    Endpoint.EMBEDDINGS: "openai_embeddings",
+    Endpoint.RESPONSES: "openai_responses",
+    Endpoint.MESSAGES: "anthropic_messages",
+}
+_REWRITABLE_STREAMS = (Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS)
 _JSON_TYPES = {dict: "an object", list: "an array", bool: "a boolean", type(None): "null"}
 
 
 class Processor:
     """The state of one request across its phases."""
 
-    __slots__ = ("_content_length", "_endpoint", "_gateway", "_policy", "request_id")
+    __slots__ = (
+        "_content_length",
+        "_endpoint",
+        "_facts",
+        "_gateway",
+        "_meter",
+        "_policy",
+        "_status",
+        "_strip_usage",
+        "_ticket",
+        "request_id",
+    )
 
     _endpoint: Endpoint
     _policy: KeyPolicy
+    _facts: RequestFacts
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self.request_id = ""
         self._content_length = False
+        self._ticket: Ticket | None = None
+        self._meter: UsageParser | ChatStreamRewriter | None = None
+        self._strip_usage = False
+        self._status = 0
 
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         method = path = ""
@@ -109,21 +149,78 @@ class Processor:
                 "use /v1/chat/completions or /v1/responses for it.",
                 "model",
             )
-        forward = gateway.upstreams[route.provider].forward
-        if forward is None:
-            raise provider_not_configured(route.provider)
+        forward, byok = await self._upstream(route.provider)
 
-        await gateway.admission.admit(self._policy, route, body)
-
-        if route.upstream_model == requested:
+        policy = self._policy
+        ticket, changed = await gateway.admission.admit(
+            policy, route, self._endpoint, message.body, body, self.request_id, byok=byok
+        )
+        self._ticket = ticket
+        stream = body.get("stream") is True
+        if stream and self._endpoint in _REWRITABLE_STREAMS:
+            changed |= self._ask_for_streamed_usage(body)
+        self._facts = RequestFacts(
+            request_id=self.request_id,
+            parent_id=policy.parent_id,
+            sub_account_id=policy.sub_account_id,
+            tags=(policy.default_tag,) if policy.default_tag else (),
+            model=route.canonical,
+            provider=route.provider,
+            endpoint=self._endpoint.value,
+            stream=stream,
+            byok=byok,
+        )
+        if route.upstream_model != requested:
+            body["model"] = route.upstream_model
+            changed = True
+        if not changed:
             return forward
-        body["model"] = route.upstream_model
         return with_body(forward, orjson.dumps(body), self._content_length)
 
     async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        return CONTINUE_RESPONSE_HEADERS
+        ticket = self._ticket
+        if ticket is None:
+            return CONTINUE_RESPONSE_HEADERS
+        content_type = b""
+        length = -1
+        for entry in message.headers.headers:
+            name = entry.key
+            if name == ":status":
+                self._status = int(entry.raw_value or b"0")
+            elif name == "content-type":
+                content_type = entry.raw_value
+            elif name == "content-length":
+                length = int(entry.raw_value or b"-1")
+        added = dict(ticket.rate_headers)
+        added[_BYOK_HEADER] = "true" if self._facts.byok else "false"
+        if ticket.clamped:
+            added[_CLAMP_HEADER] = str(ticket.output_tokens)
+        if self._status >= 400 or message.end_of_stream:
+            await self._settle(Usage(), aborted=False)
+            return response_headers_reply(added, NO_BODY)
+        sse = content_type.startswith(b"text/event-stream")
+        if sse and self._endpoint in _REWRITABLE_STREAMS:
+            self._meter = ChatStreamRewriter(self._strip_usage)
+        else:
+            self._meter = parser_for(_METERING_API[self._endpoint], sse)
+        buffered = not sse and 0 <= length <= _BUFFERED_BODY_LIMIT
+        return response_headers_reply(added, BUFFERED_BODY if buffered else STREAMED_BODY)
 
     async def response_body(self, message: HttpBody) -> ProcessingResponse:
+        meter = self._meter
+        if meter is None:
+            return CONTINUE_RESPONSE_BODY
+        chunk = message.body
+        if isinstance(meter, ChatStreamRewriter):
+            out = meter.feed(chunk)
+            if message.end_of_stream:
+                rest, usage = meter.finish()
+                out += rest
+                await self._settle(usage, aborted=False)
+            return CONTINUE_RESPONSE_BODY if out is chunk else replace_response_body(out)
+        meter.feed(chunk)
+        if message.end_of_stream:
+            await self._settle(meter.finish(), aborted=False)
         return CONTINUE_RESPONSE_BODY
 
     async def request_trailers(self, message: HttpTrailers) -> ProcessingResponse:
@@ -134,8 +231,56 @@ class Processor:
 
     def on_stream_closed(self) -> None:
         """Called exactly once when the stream ends, however it ends (completed, reset by Envoy,
-        cancelled). Nothing is held per request yet; settling a request's metering and
-        reservation belongs here (as a task: the stream's own task may be cancelled)."""
+        cancelled): a request admitted but not settled was cut off, and is settled from a task
+        of its own (the stream's task may be cancelled)."""
+        if self._ticket is None:
+            return
+        meter = self._meter
+        if isinstance(meter, ChatStreamRewriter):
+            usage = meter.finish()[1]
+        else:
+            usage = meter.finish() if meter is not None else Usage()
+        self._gateway.settler.settle_later(self._settlement(usage, aborted=True))
+
+    def _ask_for_streamed_usage(self, body: dict[str, Any]) -> bool:
+        """Ask an OpenAI-style stream for its usage chunk; when the client did not ask for it,
+        remember to strip it (API.md §4: the client sees the stream it asked for)."""
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return False
+        body["stream_options"] = (
+            {**options, "include_usage": True}
+            if isinstance(options, dict)
+            else {"include_usage": True}
+        )
+        self._strip_usage = True
+        return True
+
+    async def _settle(self, usage: Usage, aborted: bool) -> None:
+        await self._gateway.settler.settle(self._settlement(usage, aborted))
+
+    def _settlement(self, usage: Usage, aborted: bool) -> Any:
+        ticket = self._ticket
+        assert ticket is not None
+        self._ticket = None
+        outcome = Outcome(self._status, usage, aborted, self._gateway.now_ms())
+        return settle_request(ticket, self._facts, outcome)
+
+    async def _upstream(self, provider: str) -> tuple[ProcessingResponse, bool]:
+        """The reply that sends the request to `provider`, and whether it carries the parent's
+        own key (BYOK): the parent's key when one is attached and the key may use it (a parent's
+        own traffic always, a sub-account's when its policy says `byok`), else the platform's;
+        neither → 400 `provider_not_configured`."""
+        gateway = self._gateway
+        policy = self._policy
+        if gateway.byok is not None and (policy.sub_account_id is None or policy.byok):
+            own = await gateway.byok.forward(policy.parent_id, provider)
+            if own is not None:
+                return own, True
+        forward = gateway.upstreams[provider].forward
+        if forward is None:
+            raise provider_not_configured(provider)
+        return forward, False
 
     async def _authenticate(self, authorization: bytes | None, api_key: bytes | None) -> KeyPolicy:
         key = _presented_key(authorization, api_key)

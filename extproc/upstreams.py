@@ -48,18 +48,22 @@ def with_body(
 
 def build_upstreams(providers: Mapping[str, ProviderConfig]) -> dict[str, Upstream]:
     return {
-        name: Upstream(name, _forward_reply(name, provider) if provider.api_key else None)
+        name: Upstream(
+            name, forward_reply(name, provider, provider.api_key) if provider.api_key else None
+        )
         for name, provider in providers.items()
     }
 
 
-def _forward_reply(name: str, provider: ProviderConfig) -> ProcessingResponse:
+def forward_reply(name: str, provider: ProviderConfig, api_key: str) -> ProcessingResponse:
+    """The reply that routes to `name` with `api_key` (the platform's, or a parent's BYOK key)
+    in the provider's auth header."""
     set_headers = [header(PROVIDER_HEADER, name)]
     if provider.auth == "bearer":
-        set_headers.append(header("authorization", f"Bearer {provider.api_key}"))
+        set_headers.append(header("authorization", f"Bearer {api_key}"))
         remove = ["x-api-key"]
     else:
-        set_headers.append(header("x-api-key", provider.api_key))
+        set_headers.append(header("x-api-key", api_key))
         set_headers.append(header("anthropic-version", ANTHROPIC_VERSION, ADD_IF_ABSENT))
         remove = ["authorization"]
     mutation = HeaderMutation(set_headers=set_headers, remove_headers=remove)

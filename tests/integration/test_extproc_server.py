@@ -19,7 +19,6 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import ExternalProces
 
 from aigw.keys import generate_key
 from extproc import server
-from extproc.gateway import Gateway
 from extproc.processor import Processor
 from extproc.server import create_server
 from tests.unit.test_extproc_processor import (
@@ -28,21 +27,20 @@ from tests.unit.test_extproc_processor import (
     bearer,
     request_body,
     request_headers,
-    start_gateway,
+    running_gateway,
     store_policy,
 )
 
 
 @pytest.fixture
 async def stub(redis_url: str) -> AsyncIterator[ExternalProcessorStub]:
-    gateway: Gateway = await start_gateway(redis_url)
-    grpc_server, port = create_server(gateway, "127.0.0.1:0", max_request_bytes=1024 * 1024)
-    await grpc_server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield ExternalProcessorStub(channel)
-    await channel.close()
-    await grpc_server.stop(None)
-    await gateway.policies.close()
+    async with running_gateway(redis_url) as gateway:
+        grpc_server, port = create_server(gateway, "127.0.0.1:0", max_request_bytes=1024 * 1024)
+        await grpc_server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        yield ExternalProcessorStub(channel)
+        await channel.close()
+        await grpc_server.stop(None)
 
 
 async def test_request_without_a_key_is_answered_401(stub: ExternalProcessorStub) -> None:

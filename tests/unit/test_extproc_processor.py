@@ -3,6 +3,7 @@ policies in a real Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from aigw.config import GatewayConfig, parse_config
 from aigw.keys import generate_key, hash_key
 from aigw.policy import KeyPolicy
 from extproc.gateway import Gateway
+from extproc.limits import LimitStore
 from extproc.policies import PolicyStore
 from extproc.processor import Processor
 from extproc.server import respond
@@ -35,6 +37,8 @@ providers:
   anthropic: {base_url: "https://api.anthropic.com/v1", auth: x-api-key, api_key: "sk-ant-platform"}
   local: {base_url: "http://127.0.0.1:9000/serving/v1", api_key: "local-key", models: [llama-local]}
   nokey: {base_url: "https://nokey.example/v1", api_key: ""}
+pricing:
+  local/llama-local: {input: 0.1, output: 0.2}
 """
 )
 REQUEST_ID = "5b0ea1d0-0000-4000-8000-000000000001"
@@ -56,17 +60,25 @@ async def store_policy(redis_url: str, key: str, policy: KeyPolicy) -> None:
         await client.aclose()
 
 
-async def start_gateway(redis_url: str, config: GatewayConfig = CONFIG) -> Gateway:
+@contextlib.asynccontextmanager
+async def running_gateway(redis_url: str, config: GatewayConfig = CONFIG) -> AsyncIterator[Gateway]:
+    """A gateway on real Redis, closed (policies, pending settles, connections) afterwards."""
     policies = PolicyStore(redis_url)
     policies.start()
-    return Gateway.from_config(config, policies)
+    limits_redis = aioredis.from_url(redis_url)
+    gateway = Gateway.from_config(config, policies, LimitStore(limits_redis))
+    try:
+        yield gateway
+    finally:
+        await policies.close()
+        await gateway.settler.drain(1.0)
+        await limits_redis.aclose()
 
 
 @pytest.fixture
 async def gateway(redis_url: str) -> AsyncIterator[Gateway]:
-    gateway = await start_gateway(redis_url)
-    yield gateway
-    await gateway.policies.close()
+    async with running_gateway(redis_url) as gateway:
+        yield gateway
 
 
 @pytest.fixture

@@ -1,0 +1,52 @@
+"""The benchmark's smoke run (`python -m bench --smoke`): plain Envoy and the full gateway on
+this machine's PostgreSQL and Redis, ~10 s of wrk and stream-client load. It must write a
+results JSON naming both configurations, every cell valid (zero non-2xx responses, zero socket
+errors), and the gateway must have metered what it served."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("wrk") is None,
+    reason="wrk is not installed (Debian: apt-get install -y wrk); the bench smoke test needs it",
+)
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_run_is_valid(tmp_path: Path, database_url: str, redis_url: str) -> None:
+    database = f"aigw_bench_smoke_{os.getpid()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--results", str(tmp_path),
+         "--postgres", database_url, "--database", database, "--redis-url", redis_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+    [results] = tmp_path.glob("dataplane-*-smoke.json")
+    result = orjson.loads(results.read_bytes())
+    assert result["valid"] is True
+    assert result["configurations"] == ["envoy", "gateway"]
+    assert {c["config"] for c in result["cells"]} == {"envoy", "gateway"}
+    for cell in result["cells"]:
+        assert cell["valid"], cell
+        if cell["tool"] == "wrk":
+            assert cell["non_2xx"] == 0 and cell["requests"] > 0, cell
+        else:
+            assert cell["errors"] == 0 and cell["streams"] > 0, cell
+    assert set(result["summary"]) == {"envoy", "gateway"}
+    assert result["summary"]["gateway"]["json-c32"]["cpu_us_per_request"]["extproc"] > 0
+    assert result["metering"]["ledger_rows"] >= result["metering"]["completed_requests"] > 0
+    assert (tmp_path / results.name.replace(".json", ".md")).read_text().startswith("# aigw")
