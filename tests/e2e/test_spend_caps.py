@@ -28,9 +28,8 @@ def spend_of(parent: Parent, sub_account_id: str) -> dict[str, Any]:
 
 
 async def reserved_of(e2e: E2E, sub_account_id: str) -> int:
-    from extproc.limits import LimitStore
-
     from aigw.periods import current_period
+    from extproc.limits import LimitStore
 
     client = aioredis.from_url(e2e.redis_url)
     try:
