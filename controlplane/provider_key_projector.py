@@ -53,10 +53,12 @@ class ProviderKeyProjector:
             self._stale = True
             log.warning("provider keys saved but not yet projected to Redis (%s); will retry", exc)
 
-    async def project_all(self) -> int:
+    async def project_all(self, announce: bool = False) -> int:
         """Rebuild every parent's hash from PostgreSQL (and delete the hashes of parents left
-        without keys), then set the marker. Returns the number of keys written; raises when
-        Redis or PostgreSQL fails."""
+        without keys), then set the marker; with `announce`, tell every extproc to drop all its
+        cached keys (`byok:*`) — needed after a change whose own announcement may be lost, not
+        after a flush (a flush changes no key, and the policy projector then announces `*`).
+        Returns the number of keys written; raises when Redis or PostgreSQL fails."""
         self._stale = False
         scanned = {
             _parent_of(name) async for name in self._redis.scan_iter(keyspace.PROVIDER_KEYS_PATTERN)
@@ -73,7 +75,8 @@ class ProviderKeyProjector:
         for start in range(0, len(leftover), _PAGE):
             written += await self._project_parents(leftover[start : start + _PAGE])
         pipe = self._redis.pipeline(transaction=False)
-        pipe.publish(keyspace.INVALIDATION_CHANNEL, keyspace.BYOK_INVALIDATE_ALL)
+        if announce:
+            pipe.publish(keyspace.INVALIDATION_CHANNEL, keyspace.BYOK_INVALIDATE_ALL)
         pipe.set(keyspace.BYOK_PROJECTED_MARKER, iso_z(self._clock()) or "")
         await pipe.execute()
         log.info("projected %d provider keys to Redis", written)
@@ -104,7 +107,9 @@ class ProviderKeyProjector:
         while True:
             await asyncio.sleep(interval)
             try:
-                if self._stale or not await self._redis.exists(keyspace.BYOK_PROJECTED_MARKER):
+                if self._stale:
+                    await self.project_all(announce=True)
+                elif not await self._redis.exists(keyspace.BYOK_PROJECTED_MARKER):
                     await self.project_all()
                 if failing:
                     log.info("Redis answers again; provider keys are projected")
