@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.skipif(
         shutil.which("wrk") is None,
-        reason="wrk is not installed (Debian: apt-get install -y wrk); the bench smoke test needs it",
+        reason="wrk is not installed (Debian: apt-get install -y wrk); the bench smoke needs it",
     ),
     pytest.mark.skipif(
         not os.environ.get("DATABASE_URL"),
