@@ -107,11 +107,11 @@ async def test_no_overage_when_clients_hang_up_mid_stream(e2e: E2E, parent: Pare
     async def settled() -> bool:
         return await reserved_of(e2e, account["id"]) == 0
 
-    for _ in range(100):
+    for _ in range(300):
         if await settled():
             break
         await asyncio.sleep(0.05)
-    assert await settled(), "reservations of cut-off streams were not released"
+    assert await settled(), "reservations of cut-off streams were not released in 15 s"
     assert Decimal(str(spend_of(parent, account["id"])["spent_cents"])) <= 25
 
 
