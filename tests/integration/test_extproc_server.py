@@ -39,8 +39,8 @@ async def stub(redis_url: str) -> AsyncIterator[ExternalProcessorStub]:
         await grpc_server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         yield ExternalProcessorStub(channel)
-        await channel.close()
-        await grpc_server.stop(None)
+        await asyncio.wait_for(channel.close(grace=0), 5)
+        await asyncio.wait_for(grpc_server.stop(0), 5)
 
 
 async def test_request_without_a_key_is_answered_401(stub: ExternalProcessorStub) -> None:
