@@ -20,6 +20,7 @@ from aigw.config import ConfigError, GatewayConfig, runtime_config
 from aigw.secrets_box import Keyring, SecretsError
 from extproc.byok import ProviderKeyCache
 from extproc.gateway import Gateway
+from extproc.invalidated_cache import REDIS_TIMEOUT
 from extproc.limits import LimitStore
 from extproc.policies import PolicyStore
 from extproc.server import create_server
@@ -27,7 +28,6 @@ from extproc.server import create_server
 log = logging.getLogger("extproc")
 
 _STOP_GRACE_SECONDS = 5.0
-_REDIS_TIMEOUT_S = 0.5
 
 
 async def serve(config: GatewayConfig, redis_url: str) -> None:
@@ -37,7 +37,7 @@ async def serve(config: GatewayConfig, redis_url: str) -> None:
     byok = ProviderKeyCache(redis_url, Keyring.from_config(config), config.providers)
     byok.start()
     limits_redis = aioredis.from_url(
-        redis_url, socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S
+        redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
     )
     gateway = Gateway.from_config(config, policies, LimitStore(limits_redis), byok=byok)
     host, port = config.server.host, config.server.extproc_port

@@ -4,9 +4,8 @@ The control plane writes `keyspace.provider_keys(parent_id)` (provider → key s
 master key; `controlplane.provider_key_projector`) and publishes `byok:<parent_id>` (or
 `byok:*`) on `aigw:invalidate`. This cache opens each key once with the master key from the
 configuration and keeps, per parent, the forward reply carrying that key in the provider's auth
-header — or nothing, for the many parents without keys. As with key policies
-(`extproc.policies`) the cache is trusted only while its subscription is connected; a lookup
-that raced an invalidation does not store its answer.
+header — or nothing, for the many parents without keys. Like key policies (`extproc.policies`)
+it is an `InvalidatedCache`: trusted only while its subscription is connected.
 
 Fail closed: Redis unavailable, the keys not yet projected (`BYOK_PROJECTED_MARKER` absent), or
 a key that does not open with the configured master key → 503 `gateway_unavailable`, never a
@@ -15,31 +14,22 @@ silent switch to the platform's key. Keys and master key are never logged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from aigw import keyspace
 from aigw.config import ProviderConfig
 from aigw.errors import gateway_unavailable
 from aigw.secrets_box import Keyring, SecretsError, provider_key_context
+from extproc.invalidated_cache import InvalidatedCache
 from extproc.upstreams import forward_reply
 
 log = logging.getLogger(__name__)
 
-REDIS_TIMEOUT = 0.5
 SUBSCRIBER_NAME = "aigw-extproc-byok-invalidations"
-_CACHE_LIMIT = 100_000
-_PING_AFTER = 5.0
-_RECONNECT_BACKOFF = (0.05, 1.0)
 _ALL = (b"*", keyspace.BYOK_INVALIDATE_ALL.encode())
 _PREFIX = keyspace.byok_invalidation("")
 
@@ -49,39 +39,16 @@ UNREADABLE = "unreadable"
 ParentKeys = Mapping[str, ProcessingResponse | str]
 
 
-class ProviderKeyCache:
+class ProviderKeyCache(InvalidatedCache[ParentKeys]):
     """`forward(parent_id, provider)` → the reply that sends the request with the parent's own
     key, or None when the parent attached none for that provider."""
 
     def __init__(
         self, redis_url: str, keyring: Keyring | None, providers: Mapping[str, ProviderConfig]
     ) -> None:
-        options = {"socket_connect_timeout": REDIS_TIMEOUT, "socket_timeout": REDIS_TIMEOUT}
-        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-        self._redis = Redis.from_url(redis_url, retry=retry, **options)
-        self._subscriber = Redis.from_url(
-            redis_url, retry=Retry(NoBackoff(), 0), client_name=SUBSCRIBER_NAME, **options
-        )
+        super().__init__(redis_url, SUBSCRIBER_NAME, "provider key")
         self._keyring = keyring
         self._providers = dict(providers)
-        self._cache: dict[str, ParentKeys] = {}
-        self._trusted = False
-        self._generation = 0
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def subscribed(self) -> bool:
-        return self._trusted
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._follow_invalidations(), name="byok-invalidations")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._subscriber.aclose()
-        await self._redis.aclose()
 
     async def forward(self, parent_id: str, provider: str) -> ProcessingResponse | None:
         keys = self._cache.get(parent_id)
@@ -106,10 +73,7 @@ class ProviderKeyCache:
         if not tokens and not projected:
             raise gateway_unavailable("The gateway is still loading its keys; retry in a moment.")
         keys = self._open(parent_id, tokens)
-        if self._trusted and generation == self._generation:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[parent_id] = keys
+        self._remember(parent_id, keys, generation)
         return keys
 
     def _open(self, parent_id: str, tokens: dict[bytes, bytes]) -> ParentKeys:
@@ -136,53 +100,9 @@ class ProviderKeyCache:
 
     def _invalidate(self, message: bytes) -> None:
         if message in _ALL:
-            self._generation += 1
-            self._cache.clear()
+            self._forget(None)
             return
         for entry in message.decode("ascii", "replace").split(","):
             entry = entry.strip()
             if entry.startswith(_PREFIX):
-                self._generation += 1
-                self._cache.pop(entry.removeprefix(_PREFIX), None)
-
-    def _distrust(self) -> None:
-        self._trusted = False
-        self._generation += 1
-        self._cache.clear()
-
-    async def _follow_invalidations(self) -> None:
-        delay = _RECONNECT_BACKOFF[0]
-        while True:
-            pubsub = self._subscriber.pubsub()
-            try:
-                await pubsub.subscribe(keyspace.INVALIDATION_CHANNEL)
-                await self._listen(pubsub)
-            except (RedisError, OSError) as exc:
-                if self._trusted:
-                    delay = _RECONNECT_BACKOFF[0]
-                if delay == _RECONNECT_BACKOFF[0]:
-                    log.warning("provider key invalidations unavailable (%s); reconnecting", exc)
-            finally:
-                self._distrust()
-                await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_BACKOFF[1])
-
-    async def _listen(self, pubsub: PubSub) -> None:
-        pinged = False
-        while True:
-            message = await pubsub.get_message(timeout=_PING_AFTER)
-            if message is None:
-                if pinged:
-                    raise RedisConnectionError("no answer to PING on the invalidation channel")
-                await pubsub.ping()
-                pinged = True
-                continue
-            pinged = False
-            kind = message["type"]
-            if kind == "message":
-                self._invalidate(message["data"])
-            elif kind == "subscribe":
-                self._generation += 1
-                self._cache.clear()
-                self._trusted = True
+                self._forget(entry.removeprefix(_PREFIX))

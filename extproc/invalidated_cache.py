@@ -1,0 +1,133 @@
+"""An in-process cache in front of Redis, kept fresh by the control plane's invalidations.
+
+The control plane publishes what it changed on `aigw:invalidate` (docs/internals.md). The cache
+is trusted only while its subscription is connected and confirmed: on any disconnect it is
+emptied and lookups go to Redis until the subscription is back. A lookup that raced an
+invalidation does not store its answer (`generation`). Subclasses say how a message maps to
+entries (`_invalidate`) and what they look up.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from typing import Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from aigw import keyspace
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT = 0.5
+"""Seconds to connect to Redis or wait for an answer before a request is refused with 503."""
+_CACHE_LIMIT = 100_000
+_PING_AFTER = 5.0
+"""Seconds of silence on the subscription after which it is pinged; no answer within as long
+again and it counts as lost."""
+_RECONNECT_BACKOFF = (0.05, 1.0)
+
+Value = TypeVar("Value")
+
+
+class InvalidatedCache(abc.ABC, Generic[Value]):
+    def __init__(self, redis_url: str, subscriber_name: str, what: str) -> None:
+        options = {"socket_connect_timeout": REDIS_TIMEOUT, "socket_timeout": REDIS_TIMEOUT}
+        # One immediate retry on a broken connection lets a pooled connection that Redis dropped
+        # be replaced unnoticed; a timeout is not retried, so a stuck Redis costs one timeout.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        self._redis = Redis.from_url(redis_url, retry=retry, **options)
+        # No retry on the subscription: redis-py would re-subscribe behind our back and the
+        # invalidations published meanwhile would be lost without the cache being emptied.
+        self._subscriber = Redis.from_url(
+            redis_url, retry=Retry(NoBackoff(), 0), client_name=subscriber_name, **options
+        )
+        self._what = what
+        self._cache: dict[str, Value] = {}
+        self._trusted = False
+        self._generation = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether invalidations are being received, so that cached entries are trusted."""
+        return self._trusted
+
+    def start(self) -> None:
+        """Start following invalidations (in the background, reconnecting for ever)."""
+        self._task = asyncio.create_task(
+            self._follow_invalidations(), name=f"{self._what}-invalidations"
+        )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._subscriber.aclose()
+        await self._redis.aclose()
+
+    def _remember(self, key: str, value: Value, generation: int) -> None:
+        """Cache `value` if no invalidation arrived since `generation` was read."""
+        if self._trusted and generation == self._generation:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = value
+
+    def _forget(self, key: str | None) -> None:
+        """Drop one entry, or every entry for None."""
+        self._generation += 1
+        if key is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key, None)
+
+    @abc.abstractmethod
+    def _invalidate(self, message: bytes) -> None:
+        """Apply one message of the invalidation channel (with `_forget`)."""
+
+    def _distrust(self) -> None:
+        self._trusted = False
+        self._forget(None)
+
+    async def _follow_invalidations(self) -> None:
+        delay = _RECONNECT_BACKOFF[0]
+        while True:
+            pubsub = self._subscriber.pubsub()
+            try:
+                await pubsub.subscribe(keyspace.INVALIDATION_CHANNEL)
+                await self._listen(pubsub)
+            except (RedisError, OSError) as exc:
+                if self._trusted:
+                    delay = _RECONNECT_BACKOFF[0]
+                if delay == _RECONNECT_BACKOFF[0]:  # a working subscription lost, or the first try
+                    log.warning("%s invalidations unavailable (%s); reconnecting", self._what, exc)
+            finally:
+                self._distrust()
+                await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_BACKOFF[1])
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=_PING_AFTER)
+            if message is None:
+                if pinged:
+                    raise RedisConnectionError("no answer to PING on the invalidation channel")
+                await pubsub.ping()
+                pinged = True
+                continue
+            pinged = False
+            kind = message["type"]
+            if kind == "message":
+                self._invalidate(message["data"])
+            elif kind == "subscribe":
+                self._forget(None)
+                self._trusted = True
+                log.info("following %s invalidations", self._what)
