@@ -9,7 +9,7 @@ class over all tiers, for reserving a request's worst-case cost before it runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -43,16 +43,18 @@ class ModelPricing:
     tiers: tuple[tuple[int, TokenPrices], ...] = ()
     max_output_tokens: int | None = None
     context_window: int | None = None
+    worst: TokenPrices = field(init=False, repr=False, compare=False)
+    """The highest price of each token class over every tier, computed once."""
 
-    @property
-    def worst(self) -> TokenPrices:
+    def __post_init__(self) -> None:
         every = [self.base, *(prices for _, prices in self.tiers)]
-        return TokenPrices(
+        worst = TokenPrices(
             max(p.input for p in every),
             max(p.cached_input for p in every),
             max(p.cache_write for p in every),
             max(p.output for p in every),
         )
+        object.__setattr__(self, "worst", worst)
 
     def prices_for(self, total_input_tokens: int) -> TokenPrices:
         chosen = self.base
