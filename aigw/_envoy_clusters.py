@@ -37,7 +37,7 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
-from aigw.config import ConfigError, GatewayConfig, ProviderConfig
+from aigw.config import ConfigError, GatewayConfig, ProviderConfig, split_endpoint
 
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Envoy's default circuit breakers allow 1024 requests in flight per cluster; an LLM stream holds
@@ -74,15 +74,27 @@ def provider_cluster_name(name: str) -> str:
 
 def build_clusters(config: GatewayConfig) -> list[Cluster]:
     server = config.server
+    extproc = [split_endpoint(e) for e in server.extproc_endpoints] or [
+        ("127.0.0.1", server.extproc_port)
+    ]
+    controlplane = (
+        split_endpoint(server.controlplane_endpoint)
+        if server.controlplane_endpoint
+        else ("127.0.0.1", server.controlplane_port)
+    )
     clusters = [
-        _static_cluster("extproc", server.extproc_port, connect_timeout=1.0, http2=True),
-        _static_cluster("controlplane", server.controlplane_port, connect_timeout=1.0, http2=False),
+        _static_cluster("extproc", extproc, connect_timeout=1.0, http2=True),
+        _static_cluster("controlplane", [controlplane], connect_timeout=1.0, http2=False),
     ]
     clusters += [_provider_cluster(name, p) for name, p in sorted(config.providers.items())]
     return clusters
 
 
-def _static_cluster(name: str, port: int, *, connect_timeout: float, http2: bool) -> Cluster:
+def _static_cluster(
+    name: str, endpoints: list[tuple[str, int]], *, connect_timeout: float, http2: bool
+) -> Cluster:
+    """A cluster of our own processes: IP addresses as they are, host names (containers,
+    Kubernetes services) resolved and re-resolved, every address a host (STRICT_DNS)."""
     if http2:
         protocol = HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=Http2ProtocolOptions(
@@ -93,16 +105,20 @@ def _static_cluster(name: str, port: int, *, connect_timeout: float, http2: bool
         protocol = HttpProtocolOptions.ExplicitHttpConfig(
             http_protocol_options=Http1ProtocolOptions()
         )
-    return Cluster(
+    by_ip = all(_is_ip(host) for host, _ in endpoints)
+    cluster = Cluster(
         name=name,
-        type=Cluster.STATIC,
+        type=Cluster.STATIC if by_ip else Cluster.STRICT_DNS,
         connect_timeout=seconds(connect_timeout),
-        load_assignment=_endpoints(name, "127.0.0.1", port),
+        load_assignment=_endpoints(name, endpoints),
         circuit_breakers=_circuit_breakers(),
         typed_extension_protocol_options={
             _HTTP_OPTIONS_KEY: pack(HttpProtocolOptions(explicit_http_config=protocol))
         },
     )
+    if not by_ip:
+        cluster.dns_lookup_family = Cluster.V4_PREFERRED
+    return cluster
 
 
 def _provider_cluster(name: str, provider: ProviderConfig) -> Cluster:
@@ -129,7 +145,7 @@ def _provider_cluster(name: str, provider: ProviderConfig) -> Cluster:
         name=provider_cluster_name(name),
         type=Cluster.STATIC if is_ip else Cluster.LOGICAL_DNS,
         connect_timeout=seconds(10),
-        load_assignment=_endpoints(provider_cluster_name(name), host, provider.port),
+        load_assignment=_endpoints(provider_cluster_name(name), [(host, provider.port)]),
         circuit_breakers=_circuit_breakers(),
         upstream_connection_options=UpstreamConnectionOptions(
             tcp_keepalive=TcpKeepalive(
@@ -189,10 +205,13 @@ def ca_bundle(name: str, provider: ProviderConfig) -> str:
     )
 
 
-def _endpoints(cluster: str, host: str, port: int) -> ClusterLoadAssignment:
-    endpoint = LbEndpoint(endpoint=Endpoint(address=socket_address(host, port)))
+def _endpoints(cluster: str, endpoints: list[tuple[str, int]]) -> ClusterLoadAssignment:
+    hosts = [
+        LbEndpoint(endpoint=Endpoint(address=socket_address(host, port)))
+        for host, port in endpoints
+    ]
     return ClusterLoadAssignment(
-        cluster_name=cluster, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        cluster_name=cluster, endpoints=[LocalityLbEndpoints(lb_endpoints=hosts)]
     )
 
 

@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "--demo", action="store_true", help="route every provider to the built-in mock provider"
     )
     up.add_argument(
-        "--extproc-workers", type=_positive, default=1, metavar="N",
-        help="external processor processes sharing the port (default 1)",
+        "--extproc-workers", type=_positive, default=len(os.sched_getaffinity(0)), metavar="N",
+        help="external processor processes sharing the port (default: the CPUs we may use)",
     )  # fmt: skip
     up.set_defaults(handler=_up)
 

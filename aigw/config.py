@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aigw.redis_client import check_url as check_redis_url
+
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 ENV_CONFIG_VAR = "AIGW_CONFIG"
 RUNTIME_CONFIG_VAR = "AIGW_CONFIG_JSON"
@@ -47,6 +49,25 @@ class ServerConfig(_Strict):
     controlplane_port: int = Field(8081, ge=1, le=65535)
     extproc_port: int = Field(50051, ge=1, le=65535)
     envoy_admin_port: int = Field(9901, ge=1, le=65535)
+    # Where Envoy finds its upstreams, `host:port` each (docs/deployment.md). Empty: this host,
+    # on `extproc_port` / `controlplane_port`. Several extproc endpoints, or one DNS name that
+    # resolves to several replicas, are balanced over.
+    extproc_endpoints: tuple[str, ...] = ()
+    controlplane_endpoint: str = ""
+
+    @field_validator("extproc_endpoints")
+    @classmethod
+    def _check_extproc_endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for endpoint in value:
+            split_endpoint(endpoint)
+        return value
+
+    @field_validator("controlplane_endpoint")
+    @classmethod
+    def _check_controlplane_endpoint(cls, value: str) -> str:
+        if value:
+            split_endpoint(value)
+        return value
 
 
 class ProviderConfig(_Strict):
@@ -123,11 +144,19 @@ class GatewayConfig(_Strict):
     secrets_key: str | None = Field(None, repr=False)
     # Earlier master keys, still accepted for decryption while keys are rotated.
     secrets_previous_keys: tuple[str, ...] = Field((), repr=False)
+    # `text` for a terminal, `json` (one object a line) for containers; $AIGW_LOG_FORMAT wins.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("redis_url", "database_url")
     @classmethod
     def _blank_is_embedded(cls, value: str | None) -> str | None:
         return value.strip() or None if value else None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        """One server (`redis://`…) or a Redis Cluster (`redis+cluster://`, docs/scaling.md)."""
+        return check_redis_url(value) if value else None
 
     @field_validator("secrets_key")
     @classmethod
@@ -165,6 +194,15 @@ class GatewayConfig(_Strict):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """`(host, port)` of `host:port` (`[v6]:port` for IPv6); ValueError naming what is wrong."""
+    host, colon, port = endpoint.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{endpoint!r} must be host:port")
+    return host, int(port)
 
 
 def decode_master_key(text: str) -> bytes:

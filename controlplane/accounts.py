@@ -7,9 +7,9 @@ Redis URL is given, its key is projected at once (otherwise the next start-up pr
 from __future__ import annotations
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from aigw.keys import generate_key, hash_key, new_id
+from aigw.redis_client import connect as connect_redis
 from controlplane import store
 from controlplane.clock import utc_now
 from controlplane.projector import Projector
@@ -64,7 +64,7 @@ async def _project(pool: asyncpg.Pool, redis_url: str | None, parent_id: str) ->
     """Project the parent's key; a Redis that does not answer is logged, not raised."""
     if not redis_url:
         return
-    redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+    redis = connect_redis(redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         await Projector(pool, redis).project_parent(parent_id)
     finally:

@@ -19,27 +19,29 @@ import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
-import redis.asyncio as aioredis
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 
 from aigw.config import GatewayConfig
+from aigw.redis_client import REDIS_ERRORS
+from aigw.redis_client import connect as connect_redis
 from controlplane import provider_keys as provider_keys_routes
-from controlplane import webhooks
+from controlplane import usage_routes, webhooks
 from controlplane.clock import Clock, utc_now
-from controlplane.context import Context, ContextDep
+from controlplane.context import Context
+from controlplane.dashboard import router as dashboard_router
 from controlplane.dispatcher import Dispatcher
 from controlplane.errors import install_error_handlers
+from controlplane.health import install_health_routes
 from controlplane.ingester import Ingester
+from controlplane.metrics import HttpMetricsMiddleware, metrics_endpoint
 from controlplane.projector import Projector
 from controlplane.provider_key_service import ProviderKeyService
+from controlplane.request_ids import RequestIdMiddleware
 from controlplane.routes import router
 from controlplane.webhook_secrets import secret_box
 
 log = logging.getLogger(__name__)
 
-HEALTH_TIMEOUT = 2.0
 INGESTER_STOP_TIMEOUT = 5.0
 DISPATCHER_STOP_TIMEOUT = 10.0
 
@@ -58,7 +60,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10, command_timeout=30)
-        redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=10)
+        redis = connect_redis(redis_url, socket_connect_timeout=5, socket_timeout=10)
         watcher: asyncio.Task[None] | None = None
         ingester: Ingester | None = None
         ingesting: asyncio.Task[None] | None = None
@@ -69,7 +71,7 @@ def create_app(
             projector = Projector(pool, redis, clock)
             try:
                 await projector.project_all()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("Redis does not answer (%s); key policies will be projected later", exc)
             app.state.context = Context(config, pool, redis, projector, clock)
             watcher = asyncio.create_task(projector.keep_projected(reproject_interval))
@@ -120,16 +122,10 @@ def create_app(
     app.include_router(router)
     app.include_router(webhooks.router)
     app.include_router(provider_keys_routes.router)
-    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.include_router(usage_routes.router)
+    app.include_router(dashboard_router)
+    install_health_routes(app)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     return app
-
-
-async def healthz(ctx: ContextDep) -> JSONResponse:
-    """200 when PostgreSQL and Redis both answer, else 503."""
-    try:
-        async with asyncio.timeout(HEALTH_TIMEOUT):
-            await ctx.pool.fetchval("SELECT 1")
-            await ctx.redis.ping()
-    except (TimeoutError, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return JSONResponse({"status": "unavailable"}, status_code=503)
-    return JSONResponse({"status": "ok"})

@@ -3,20 +3,29 @@
 GatewayError            raised by our code → its own status and body
 RequestValidationError  FastAPI's bad input → 400 `invalid_request`, message naming the field
 HTTPException           routing (404 unknown URL, 405) and unreadable bodies → envelope
+PostgreSQL unreachable  503 `gateway_unavailable`, retryable (the server logs one line)
 anything else           500 `internal_error`, nothing internal shown (the server logs it)
 """
 
 from __future__ import annotations
 
+import logging
+
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from aigw.errors import GatewayError, invalid_request, unknown_url
+from aigw.errors import GatewayError, gateway_unavailable, invalid_request, unknown_url
+
+log = logging.getLogger(__name__)
 
 _LOCATIONS = {"body", "query", "path", "header"}
 _NOT_AN_OBJECT = {"missing", "model_attributes_type", "dict_type", "model_type"}
+# A database that refuses or drops connections (down, restarting, cut off): asyncpg raises the
+# socket's own OSError (ConnectionRefusedError, TimeoutError...) or one of these.
+_DATABASE_DOWN = (OSError, asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError)
 
 
 def not_found(kind: str, object_id: str) -> GatewayError:
@@ -83,6 +92,13 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     return _envelope(error)
 
 
+async def _on_database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: PostgreSQL unavailable (%r)", request.method, request.url.path, exc)
+    return _envelope(
+        gateway_unavailable("The control plane cannot reach its database right now; retry shortly.")
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     """The server logs the traceback itself (Starlette re-raises after this answer)."""
     return _envelope(GatewayError(500, "internal_error", "api_error", "Internal error."))
@@ -92,4 +108,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _on_gateway_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
+    for kind in _DATABASE_DOWN:
+        app.add_exception_handler(kind, _on_database_down)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -1,24 +1,26 @@
-"""The usage ingester: the Redis stream `aigw:usage` → the PostgreSQL ledger, its daily roll-up
-and the event outbox (docs/internals.md, "Stream `aigw:usage`"; ARCHITECTURE.md, workers).
+"""The usage ingester: the sharded Redis usage streams (`aigw:{u<n>}:usage`, every shard) → the
+PostgreSQL ledger, its daily roll-up and the event outbox (docs/internals.md, "Usage streams";
+ARCHITECTURE.md, workers).
 
     ingester = Ingester(pool, redis)
     await ingester.run_once()      # one batch; returns how many entries it settled
     await ingester.run()           # forever, until stop(); retries every failure with backoff
 
 Delivery is at least once; writing is idempotent, so every fact lands exactly once:
-- entries are read with XREADGROUP in the consumer group `ingest` (created from id 0 with
-  MKSTREAM, and again when Redis lost it), up to `batch_size` at a time;
+- every shard's entries are read with XREADGROUP in that stream's consumer group `ingest`
+  (`controlplane.usage_consumer`: groups, own pending entries, claims, acks — per shard), up to
+  `batch_size` of each shard at a time; when no shard has anything, the round waits `block_ms`;
 - one PostgreSQL transaction per batch inserts the ledger rows (ON CONFLICT (request_id) DO
   NOTHING), adds *only the rows actually inserted* to `usage_daily`, and inserts the events
   (ON CONFLICT (dedupe_key) DO NOTHING) and dead letters;
-- after the commit the entries are XACKed and XDELed together (MULTI), so the stream stays
-  bounded. A crash or a Redis error between commit and ack re-delivers the batch, which then
-  changes nothing.
+- after the commit the entries are XACKed and XDELed together (atomically per shard), so the
+  streams stay bounded. A crash or a Redis error between commit and ack re-delivers the batch,
+  which then changes nothing.
 - an entry the ingester cannot read (bad JSON, missing or ill-typed fields) is logged by its id
-  and reason (never its content), stored in `usage_dead_letters` in the same transaction, and
-  acked: it never blocks the stream. If PostgreSQL refuses a whole batch for its data (not for
-  being down), the batch is retried entry by entry and the entries it still refuses become dead
-  letters.
+  and reason (never its content), stored in `usage_dead_letters` (as `<stream>:<id>`) in the
+  same transaction, and acked: it never blocks its stream. If PostgreSQL refuses a whole batch
+  for its data (not for being down), the batch is retried entry by entry and the entries it
+  still refuses become dead letters.
 - PostgreSQL down: nothing is acked; the entries stay pending for this consumer, which reads its
   own pending entries first on every round until they are stored. Redis down: the round fails
   and is retried. Both with exponential backoff, logged once per outage.
@@ -34,19 +36,18 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
 
 from aigw import keyspace
 from aigw.keys import new_id
+from aigw.redis_client import REDIS_ERRORS, AsyncRedis
 from controlplane.clock import Clock, utc_now
 from controlplane.spend_rebuild import lock_ingest
+from controlplane.usage_consumer import Entry, UsageConsumer
 from controlplane.usage_entries import EventRow, MalformedEntry, Parsed, dumps, parse_entry
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ ACQUIRE_TIMEOUT_S = 5.0
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 DEAD_LETTER_BYTES = 8 * 1024
-FORGET_CONSUMER_IDLE_MS = 3_600_000
 # PostgreSQL refusing the *data* of a batch (class 22 data exception, 23 integrity, 54 program
 # limit such as an oversized index row): retry entry by entry instead of forever.
 _DATA_ERRORS = (
@@ -67,8 +67,6 @@ _DATA_ERRORS = (
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.ProgramLimitExceededError,
 )
-
-Entry = tuple[str, dict[bytes, bytes]]
 
 _LEDGER_COLUMNS = (
     "request_id, parent_id, sub_account_id, tags, model, provider, endpoint, status,"
@@ -164,9 +162,9 @@ class Ingester:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         *,
-        stream: str = keyspace.USAGE_STREAM,
+        streams: Sequence[str] | None = None,
         group: str = GROUP,
         consumer: str | None = None,
         batch_size: int = BATCH_SIZE,
@@ -175,18 +173,16 @@ class Ingester:
         clock: Clock = utc_now,
     ) -> None:
         self._pool = pool
-        self._redis = redis
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer or default_consumer_name()
-        self._batch_size = batch_size
-        self._block_ms = block_ms
-        self._claim_idle_ms = claim_idle_ms
+        self._streams = UsageConsumer(
+            redis,
+            keyspace.usage_streams() if streams is None else streams,
+            group,
+            consumer or default_consumer_name(),
+            batch_size,
+            claim_idle_ms,
+        )
+        self._block_s = block_ms / 1000
         self._clock = clock
-        self._group_ready = False
-        self._own_pending = True  # a fresh consumer may have leftovers under its name
-        self._claim_cursor = "0-0"
-        self._next_claim = 0.0
         self._stopping = asyncio.Event()
         self.stats = IngestStats()
 
@@ -228,122 +224,29 @@ class Ingester:
         self._stopping.set()
 
     async def run_once(self) -> int:
-        """Read one batch (own pending entries first, then entries claimed from dead consumers,
-        then new ones, waiting up to `block_ms`), store it in one transaction, ack it.
+        """Read one batch over every shard (own pending entries first, then entries claimed from
+        dead consumers, then new ones; with nothing anywhere, wait up to `block_ms` — `stop()`
+        ends the wait at once), store it in one transaction, ack it.
         Returns the number of entries settled (0: nothing to do or not ready)."""
-        await self._ensure_group()
-        try:
-            entries = await self._next_batch()
-        except ResponseError as exc:
-            if str(exc).startswith("NOGROUP"):
-                self._group_ready = False  # Redis lost the stream (flushed, restarted empty)
-                return 0
-            raise
+        entries = await self._streams.next_batch()
+        self.stats.claimed = self._streams.claimed
         if not entries:
+            if not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._block_s)
             return 0
         try:
             await self._store(entries)
-            await self._ack([stream_id for stream_id, _ in entries])
+            await self._ack(entries)
         except BaseException:
-            self._own_pending = True  # they stay pending here: read them again first
+            self._streams.keep_pending(entries)  # read them again first
             raise
         self.stats.batches += 1
         self.stats.entries += len(entries)
         return len(entries)
 
-    # Redis
-
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-            log.info("created consumer group %r on %r", self.group, self.stream)
-        except ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
-        self._group_ready = True
-        self._own_pending = True
-        self._claim_cursor = "0-0"
-
-    async def _next_batch(self) -> list[Entry]:
-        if self._own_pending:
-            entries = await self._read("0", block=None)
-            if entries:
-                return entries
-            self._own_pending = False
-        if time.monotonic() >= self._next_claim:
-            entries = await self._claim()
-            if entries:
-                return entries
-        return await self._wait_for_new()
-
-    async def _wait_for_new(self) -> list[Entry]:
-        """New entries, waiting up to `block_ms`; `stop()` ends the wait at once (whatever the
-        server may have delivered meanwhile stays pending and is claimed later)."""
-        if self._stopping.is_set():
-            return []
-        read = asyncio.ensure_future(self._read(">", block=self._block_ms))
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not read.done():
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await read
-        return read.result() if not read.cancelled() else []
-
-    async def _read(self, start: str, block: int | None) -> list[Entry]:
-        reply = await self._redis.xreadgroup(
-            self.group, self.consumer, {self.stream: start}, count=self._batch_size, block=block
-        )
-        entries: list[Entry] = []
-        for _stream, items in reply or []:
-            entries += [(_text(stream_id), fields or {}) for stream_id, fields in items]
-        return entries
-
-    async def _claim(self) -> list[Entry]:
-        """Entries idle too long at another consumer; scans the pending list across rounds."""
-        reply = await self._redis.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            self._claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=self._batch_size,
-        )
-        cursor, items = reply[0], reply[1]  # Redis 7 adds the ids of deleted entries
-        self._claim_cursor = _text(cursor)
-        if self._claim_cursor == "0-0":  # scanned the whole list: wait before the next scan
-            self._next_claim = time.monotonic() + self._claim_idle_ms / 2000
-            await self._forget_idle_consumers()
-        entries = [(_text(stream_id), fields or {}) for stream_id, fields in items]
-        if entries:
-            self.stats.claimed += len(entries)
-            self._own_pending = True
-            log.info("claimed %d usage entries from a consumer that stopped", len(entries))
-        return entries
-
-    async def _forget_idle_consumers(self) -> None:
-        """Drop consumers of stopped control planes (nothing pending, idle for long), so that
-        restarts do not pile up names in the group. A live one that is dropped is recreated by
-        its next read; with nothing pending, nothing is lost."""
-        for consumer in await self._redis.xinfo_consumers(self.stream, self.group):
-            name = _text(consumer["name"])
-            if (
-                name != self.consumer
-                and consumer["pending"] == 0
-                and consumer["idle"] > FORGET_CONSUMER_IDLE_MS
-            ):
-                await self._redis.xgroup_delconsumer(self.stream, self.group, name)
-
-    async def _ack(self, stream_ids: Sequence[str]) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xack(self.stream, self.group, *stream_ids)
-        pipe.xdel(self.stream, *stream_ids)
-        await pipe.execute()
+    async def _ack(self, entries: Sequence[Entry]) -> None:
+        await self._streams.ack(entries)
 
     # PostgreSQL
 
@@ -361,10 +264,14 @@ class Ingester:
                     await self._write([self._dead_letter(entry, reason)])
 
     def _parse(self, entry: Entry) -> Parsed | _DeadLetter | None:
-        stream_id, fields = entry
+        stream, stream_id, fields = entry
         if not fields:  # trimmed or deleted before it was ingested: nothing left to read
             self.stats.trimmed += 1
-            log.warning("usage entry %s was deleted from the stream before ingestion", stream_id)
+            log.warning(
+                "usage entry %s of %s was deleted from the stream before ingestion",
+                stream_id,
+                stream,
+            )
             return None
         try:
             return parse_entry(stream_id, fields)
@@ -372,12 +279,12 @@ class Ingester:
             return self._dead_letter(entry, str(exc))
 
     def _dead_letter(self, entry: Entry, reason: str) -> _DeadLetter:
-        stream_id, fields = entry
+        stream, stream_id, fields = entry
         self.stats.malformed += 1
-        log.warning("usage entry %s skipped: %s", stream_id, reason)
+        log.warning("usage entry %s of %s skipped: %s", stream_id, stream, reason)
         raw = b"; ".join(k + b"=" + v for k, v in fields.items())
         text = raw[:DEAD_LETTER_BYTES].decode("utf-8", "replace").replace("\x00", "\\0")
-        return _DeadLetter(stream_id, reason, text)
+        return _DeadLetter(dead_letter_id(stream, stream_id), reason, text)
 
     async def _write(self, items: Sequence[Parsed | _DeadLetter | None]) -> None:
         """Everything of these entries in one transaction."""
@@ -435,11 +342,12 @@ class Ingester:
         self.stats.duplicates += ledger_rows - inserted
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def dead_letter_id(stream: str, stream_id: str) -> str:
+    """The `usage_dead_letters.stream_id` of an entry: ids are unique per stream only."""
+    return f"{stream}:{stream_id}"
 
 
-_OUTAGES = (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_OUTAGES = (*REDIS_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,6 +15,10 @@ A key's entry:
 If Redis fails after PostgreSQL committed, the change is not lost: the projector notes that Redis
 is stale and `keep_projected` rebuilds everything once Redis answers again.
 
+The invalidation is published only after the writes are done (a second round trip): a Redis
+Cluster runs a pipeline's commands on several nodes at once and refuses PUBLISH inside one, and
+an extproc that heard of a change before it was written would cache the old policy.
+
 Spend: `project_all` also rebuilds the current-period spend of every sub-account whose state is
 not ready in Redis (`controlplane.spend_rebuild`) before it sets the `projected` marker; a new
 sub-account's spend is made ready (0) before its key is projected (`start_spend`), so the data
@@ -29,11 +33,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from aigw import keyspace
 from aigw.policy import KeyPolicy
+from aigw.redis_client import REDIS_ERRORS, AsyncRedis
 from controlplane import store
 from controlplane.clock import Clock, epoch, iso_z, utc_now
 from controlplane.models import ApiKey, ParentAccount, SubAccount
@@ -89,7 +92,7 @@ class Projector:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         clock: Clock = utc_now,
         limits: LimitStore | None = None,
     ):
@@ -106,7 +109,7 @@ class Projector:
         owner that is not ready)."""
         try:
             await self.spend.start_fresh(sub)
-        except (LimitStoreUnavailable, RedisError, OSError) as exc:
+        except (LimitStoreUnavailable, *REDIS_ERRORS) as exc:
             self._stale = True
             log.warning("spend of %s not yet ready in Redis (%s); will retry", sub.id, exc)
 
@@ -139,10 +142,8 @@ class Projector:
         self._stale = False
         written = await self._project_all_parents() + await self._project_all_sub_accounts()
         await self.spend.rebuild_all()
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.publish(keyspace.INVALIDATION_CHANNEL, "*")
-        pipe.set(keyspace.PROJECTED_MARKER, iso_z(self._clock()) or "")
-        await pipe.execute()
+        await self._redis.publish(keyspace.INVALIDATION_CHANNEL, "*")
+        await self._redis.set(keyspace.PROJECTED_MARKER, iso_z(self._clock()) or "")
         log.info("projected %d key policies to Redis", written)
         return written
 
@@ -222,11 +223,12 @@ class Projector:
             else:
                 ttl = key.expires_at - now + TTL_MARGIN
                 pipe.set(name, policy.to_json(), px=int(ttl.total_seconds() * 1000))
-        if not strict:
-            pipe.publish(keyspace.INVALIDATION_CHANNEL, ",".join(k.key_hash for k, _ in entries))
         try:
             await pipe.execute()
-        except (RedisError, OSError) as exc:
+            if not strict:
+                changed = ",".join(key.key_hash for key, _ in entries)
+                await self._redis.publish(keyspace.INVALIDATION_CHANNEL, changed)
+        except REDIS_ERRORS as exc:
             if strict:
                 raise
             self._stale = True

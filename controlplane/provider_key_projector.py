@@ -10,6 +10,10 @@ changes of one parent reach Redis in the order they were committed. A Redis fail
 commit marks the projection stale; `keep_projected` rebuilds everything once Redis answers, and
 whenever `keyspace.BYOK_PROJECTED_MARKER` is missing (Redis flushed or restarted empty). Until
 the marker is back extproc answers 503 rather than guess which key a parent uses.
+
+A parent's hash is rewritten in one MULTI (one key, so one Redis Cluster slot) and the change
+published after it: a cluster refuses PUBLISH inside a pipeline. Listing the hashes (SCAN) visits
+every primary of a cluster.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ import asyncio
 import logging
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from aigw import keyspace
+from aigw.redis_client import REDIS_ERRORS, AsyncRedis
 from controlplane import provider_key_store as store
 from controlplane.clock import Clock, iso_z, utc_now
 
@@ -31,7 +34,7 @@ _PAGE = 1000
 
 
 class ProviderKeyProjector:
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, clock: Clock = utc_now):
+    def __init__(self, pool: asyncpg.Pool, redis: AsyncRedis, clock: Clock = utc_now):
         self._pool = pool
         self._redis = redis
         self._clock = clock
@@ -46,10 +49,12 @@ class ProviderKeyProjector:
         pipe.delete(name)
         if rows:
             pipe.hset(name, mapping={row.provider: row.ciphertext for row in rows})
-        pipe.publish(keyspace.INVALIDATION_CHANNEL, keyspace.byok_invalidation(parent_id))
         try:
             await pipe.execute()
-        except (RedisError, OSError) as exc:
+            await self._redis.publish(
+                keyspace.INVALIDATION_CHANNEL, keyspace.byok_invalidation(parent_id)
+            )
+        except REDIS_ERRORS as exc:
             self._stale = True
             log.warning("provider keys saved but not yet projected to Redis (%s); will retry", exc)
 
@@ -74,11 +79,9 @@ class ProviderKeyProjector:
         leftover = sorted(scanned)
         for start in range(0, len(leftover), _PAGE):
             written += await self._project_parents(leftover[start : start + _PAGE])
-        pipe = self._redis.pipeline(transaction=False)
         if announce:
-            pipe.publish(keyspace.INVALIDATION_CHANNEL, keyspace.BYOK_INVALIDATE_ALL)
-        pipe.set(keyspace.BYOK_PROJECTED_MARKER, iso_z(self._clock()) or "")
-        await pipe.execute()
+            await self._redis.publish(keyspace.INVALIDATION_CHANNEL, keyspace.BYOK_INVALIDATE_ALL)
+        await self._redis.set(keyspace.BYOK_PROJECTED_MARKER, iso_z(self._clock()) or "")
         log.info("projected %d provider keys to Redis", written)
         return written
 
@@ -105,6 +108,8 @@ class ProviderKeyProjector:
         logged once per outage and retried."""
         failing = False
         while True:
+            if _cancelling():  # a cancel some library swallowed: stop all the same
+                raise asyncio.CancelledError
             await asyncio.sleep(interval)
             try:
                 if self._stale:
@@ -115,10 +120,18 @@ class ProviderKeyProjector:
                     log.info("Redis answers again; provider keys are projected")
                 failing = False
             except Exception as exc:  # the loop must outlive any one failure
+                if _cancelling():
+                    # a cancel that arrived mid-query can surface as the driver's own error
+                    raise asyncio.CancelledError from exc
                 self._stale = True
                 if not failing:
                     log.warning("cannot project provider keys yet (%r); retrying", exc)
                 failing = True
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _parent_of(name: bytes | str) -> str:

@@ -23,11 +23,11 @@ import logging
 from itertools import groupby
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from aigw.config import GENERATE_MASTER_KEY, GatewayConfig
 from aigw.errors import GatewayError
+from aigw.redis_client import REDIS_ERRORS, AsyncRedis
+from aigw.redis_client import connect as connect_redis
 from aigw.secrets_box import Keyring, SecretsError, provider_key_context
 from controlplane import provider_key_store as store
 from controlplane.clock import Clock, utc_now
@@ -97,10 +97,10 @@ async def prepare(config: GatewayConfig) -> None:
     if not config.redis_url:
         return
     pool = await asyncpg.create_pool(config.database_url, min_size=1, max_size=2)
-    redis = aioredis.Redis.from_url(config.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    redis = connect_redis(config.redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         await ProviderKeyProjector(pool, redis).project_all()
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("provider keys not projected yet (%s); the control plane will", exc)
     finally:
         await redis.aclose()
@@ -121,7 +121,7 @@ class ProviderKeyService:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         keyring: Keyring | None,
         clock: Clock = utc_now,
     ) -> None:
@@ -136,7 +136,7 @@ class ProviderKeyService:
         cls,
         config: GatewayConfig,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         clock: Clock = utc_now,
         reproject_interval: float = 1.0,
     ) -> ProviderKeyService:
@@ -160,7 +160,7 @@ class ProviderKeyService:
                 )
         try:
             await service.projector.project_all()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("Redis does not answer (%s); provider keys will be projected later", exc)
         service._watcher = asyncio.create_task(
             service.projector.keep_projected(reproject_interval), name="provider-key-projection"

@@ -19,12 +19,11 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from aigw import keyspace
 from aigw.money import MICROCENTS_PER_CENT, microcents_to_cents
 from aigw.periods import Period, current_period, period_bounds
+from aigw.redis_client import REDIS_ERRORS, AsyncRedis
 from controlplane import store
 from controlplane.clock import iso_z
 from controlplane.models import SubAccount
@@ -36,7 +35,7 @@ __all__ = ["period_bounds", "spend_view", "spent_cents", "spent_microcents"]
 
 
 async def spent_microcents(
-    redis: aioredis.Redis,
+    redis: AsyncRedis,
     sub_account_id: str,
     period: Period,
     pool: asyncpg.Pool | None = None,
@@ -50,7 +49,7 @@ async def spent_microcents(
             limits = limits or LimitStore(redis)
             spent, _reserved = await limits.read_spend(sub_account_id, period.id)
             return spent
-    except (RedisError, OSError, LimitStoreUnavailable) as exc:
+    except (*REDIS_ERRORS, LimitStoreUnavailable) as exc:
         if pool is None:
             raise
         log.warning("Redis does not answer (%s); spend read from the ledger", exc)
@@ -59,7 +58,7 @@ async def spent_microcents(
 
 
 async def spent_cents(
-    redis: aioredis.Redis,
+    redis: AsyncRedis,
     sub_account_id: str,
     period: Period,
     pool: asyncpg.Pool | None = None,
@@ -71,7 +70,7 @@ async def spent_cents(
 
 
 async def spend_view(
-    redis: aioredis.Redis,
+    redis: AsyncRedis,
     sub: SubAccount,
     now: datetime,
     pool: asyncpg.Pool | None = None,

@@ -1,5 +1,5 @@
 """Rebuild the current-period spend of sub-accounts in Redis from PostgreSQL, for owners whose
-`aigw:{owner}:state` is not ready (first start, a Redis restarted empty or flushed, a new
+`keyspace.owner_state` is not ready (first start, a Redis restarted empty or flushed, a new
 sub-account). Admission answers 503 for a capped owner until this ran (docs/internals.md).
 
     rebuilder = SpendRebuilder(pool, redis, limits)
@@ -10,12 +10,14 @@ sub-account). Admission answers 503 for a capped owner until this ran (docs/inte
 What is summed: for each owner and its current period id (`aigw.periods.current_period`),
 
     spent = Σ ledger rows (cost + fee) of that period
-          + Σ usage entries still in the stream for that owner and period whose request id the
-            ledger does not hold yet
+          + Σ usage entries still in the owner's usage shard for that owner and period whose
+            request id the ledger does not hold yet
 
 and `LimitStore.rebuild_spend` sets it (and marks the owner ready) only if the owner is not
 ready. The 80 % / 100 % flags are passed as already fired when the outbox, or an entry still in
-the stream, holds that budget event, so a rebuilt period never fires them twice.
+the shard, holds that budget event, so a rebuilt period never fires them twice. Only the shards
+of the owners being rebuilt are read (`keyspace.owner_usage_stream`): an owner's entries are
+never anywhere else.
 
 Ordering (why nothing is missed or counted twice):
 - `rebuild_spend` *sets* `spent`. Settles that happened after Redis was emptied have added to
@@ -45,10 +47,10 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from aigw import keyspace
 from aigw.periods import Period, current_period
+from aigw.redis_client import AsyncRedis
 from controlplane import store
 from controlplane.clock import Clock, utc_now
 from controlplane.models import SubAccount
@@ -80,16 +82,14 @@ class SpendRebuilder:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         limits: LimitStore | None = None,
         clock: Clock = utc_now,
-        stream: str = keyspace.USAGE_STREAM,
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._limits = limits or LimitStore(redis)
         self._clock = clock
-        self._stream = stream
 
     async def rebuild_all(self) -> int:
         """Every sub-account that is not ready; returns how many were rebuilt."""
@@ -169,11 +169,19 @@ class SpendRebuilder:
         return [sub for sub, ready in zip(subs, states, strict=True) if ready != b"1"]
 
     async def _stream_pending(self, periods: dict[str, Period]) -> dict[str, _Pending]:
-        """Usage and budget entries of these owners' current periods still in the stream."""
+        """Usage and budget entries of these owners' current periods still in their shards."""
         pending: dict[str, _Pending] = {}
+        for stream in sorted({keyspace.owner_usage_stream(sa) for sa in periods}):
+            await self._shard_pending(stream, periods, pending)
+        return pending
+
+    async def _shard_pending(
+        self, stream: str, periods: dict[str, Period], pending: dict[str, _Pending]
+    ) -> None:
+        """Add what one shard's stream holds for these owners to `pending`."""
         start = "-"
         while True:
-            page = await self._redis.xrange(self._stream, start, "+", count=_STREAM_PAGE)
+            page = await self._redis.xrange(stream, start, "+", count=_STREAM_PAGE)
             for raw_id, fields in page:
                 stream_id = raw_id.decode()
                 try:
@@ -194,7 +202,7 @@ class SpendRebuilder:
                         if event.dedupe_key == budget_key(threshold, sa, periods[sa].id):
                             pending.setdefault(sa, _Pending()).fired.add(threshold)
             if len(page) < _STREAM_PAGE:
-                return pending
+                return
             start = "(" + page[-1][0].decode()
 
 

@@ -1,4 +1,4 @@
-"""Entries of the usage stream (docs/internals.md, "Stream `aigw:usage`") read into the rows the
+"""Entries of the usage streams (docs/internals.md, "Usage streams") read into the rows the
 ingester writes: ledger rows and event-outbox rows. Pure functions, no I/O.
 
     parse_entry(stream_id, fields) -> Parsed            raises MalformedEntry

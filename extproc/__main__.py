@@ -1,8 +1,13 @@
-"""`python -m extproc [--config FILE]`: serve Envoy's ext_proc filter on
-`server.host:server.extproc_port` until SIGTERM or SIGINT.
+"""`python -m extproc [--config FILE] [--metrics-port N] [--shutdown-grace S]`: serve Envoy's
+ext_proc filter on `server.host:server.extproc_port` until SIGTERM or SIGINT.
 
 Started by `aigw up` (configuration in `$AIGW_CONFIG_JSON`) or by hand (`--config`, else
-`$AIGW_CONFIG`, else `config/gateway.yaml`). Several processes may share the port.
+`$AIGW_CONFIG`, else `config/gateway.yaml`). Several processes may share the port. The same port
+answers gRPC health checks (`extproc.health`); `--metrics-port` serves Prometheus metrics.
+
+Stopping (SIGTERM): health turns NOT_SERVING, new streams are refused, open ones get
+`--shutdown-grace` seconds to finish (a stream cut off then is settled as aborted), pending
+settles are flushed, connections closed.
 """
 
 from __future__ import annotations
@@ -12,14 +17,19 @@ import asyncio
 import logging
 import signal
 import sys
+from wsgiref.simple_server import WSGIServer
 
-import redis.asyncio as aioredis
 import uvloop
 
+from aigw import logs
 from aigw.config import ConfigError, GatewayConfig, runtime_config
+from aigw.redis_client import connect as connect_redis
+from aigw.redis_client import warm_up
 from aigw.secrets_box import Keyring, SecretsError
+from extproc import metrics
 from extproc.byok import ProviderKeyCache
 from extproc.gateway import Gateway
+from extproc.health import Health
 from extproc.invalidated_cache import REDIS_TIMEOUT
 from extproc.limits import LimitStore
 from extproc.policies import PolicyStore
@@ -27,22 +37,24 @@ from extproc.server import create_server
 
 log = logging.getLogger("extproc")
 
-_STOP_GRACE_SECONDS = 5.0
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-async def serve(config: GatewayConfig, redis_url: str) -> None:
-    """Serve until SIGTERM or SIGINT, then let open streams finish for a few seconds."""
+async def serve(config: GatewayConfig, redis_url: str, shutdown_grace: float) -> None:
+    """Serve until SIGTERM or SIGINT, then let open streams finish for `shutdown_grace` s."""
     policies = PolicyStore(redis_url)
     policies.start()
     byok = ProviderKeyCache(redis_url, Keyring.from_config(config), config.providers)
     byok.start()
-    limits_redis = aioredis.from_url(
+    limits_redis = connect_redis(
         redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
     )
+    await warm_up(limits_redis)
     gateway = Gateway.from_config(config, policies, LimitStore(limits_redis), byok=byok)
     host, port = config.server.host, config.server.extproc_port
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server, _ = create_server(gateway, address, config.max_request_bytes)
+    health = Health()
+    server, _ = create_server(gateway, address, config.max_request_bytes, health)
     await server.start()
     log.info("extproc serving on %s", address)
 
@@ -51,9 +63,10 @@ async def serve(config: GatewayConfig, redis_url: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("extproc stopping")
-    await server.stop(_STOP_GRACE_SECONDS)
-    await gateway.settler.drain(_STOP_GRACE_SECONDS)
+    log.info("extproc stopping: open streams get %.0f s", shutdown_grace)
+    health.serving = False
+    await server.stop(shutdown_grace)
+    await gateway.settler.drain(shutdown_grace)
     await policies.close()
     await byok.close()
     await limits_redis.aclose()
@@ -64,22 +77,35 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m extproc", description="aigw's ext_proc server for Envoy."
     )
     parser.add_argument("--config", metavar="FILE", help="the gateway configuration (YAML)")
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="N",
+        help="serve Prometheus metrics on server.host:N (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=DEFAULT_SHUTDOWN_GRACE_SECONDS, metavar="S",
+        help="seconds open streams get to finish after SIGTERM (default %(default)s)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s extproc[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure("text")
     try:
         config = runtime_config(args.config)
+        logs.configure(logs.resolve_format(config.log_format))
         Keyring.from_config(config)  # an unreadable data_dir/secrets.key stops us here
-    except (ConfigError, SecretsError) as exc:
+    except (ConfigError, SecretsError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     if not config.redis_url:
         log.error("redis_url is not set: start the gateway with `aigw up`, or set redis_url")
         return 2
-    uvloop.run(serve(config, config.redis_url))
+    exporter: WSGIServer | None = None
+    if args.metrics_port is not None:
+        exporter, _ = metrics.serve(config.server.host, args.metrics_port)
+    try:
+        uvloop.run(serve(config, config.redis_url, args.shutdown_grace))
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
     return 0
 
 

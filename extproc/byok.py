@@ -18,11 +18,11 @@ import logging
 from collections.abc import Mapping
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
-from redis.exceptions import RedisError
 
 from aigw import keyspace
 from aigw.config import ProviderConfig
 from aigw.errors import gateway_unavailable
+from aigw.redis_client import REDIS_ERRORS
 from aigw.secrets_box import Keyring, SecretsError, provider_key_context
 from extproc.invalidated_cache import InvalidatedCache
 from extproc.upstreams import forward_reply
@@ -68,7 +68,7 @@ class ProviderKeyCache(InvalidatedCache[ParentKeys]):
             pipe.hgetall(keyspace.provider_keys(parent_id))
             pipe.exists(keyspace.BYOK_PROJECTED_MARKER)
             tokens, projected = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise gateway_unavailable() from exc
         if not tokens and not projected:
             raise gateway_unavailable("The gateway is still loading its keys; retry in a moment.")

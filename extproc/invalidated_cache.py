@@ -5,12 +5,17 @@ is trusted only while its subscription is connected and confirmed: on any discon
 emptied and lookups go to Redis until the subscription is back. A lookup that raced an
 invalidation does not store its answer (`generation`). Subclasses say how a message maps to
 entries (`_invalidate`) and what they look up.
+
+Lookups go through `aigw.redis_client.connect` (one server or a Redis Cluster). The subscription
+is a plain connection to one server: the Redis itself, or one seed node of a cluster (a cluster
+delivers every PUBLISH to every node); each reconnection tries the next seed node.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
 import logging
 from typing import Generic, TypeVar
 
@@ -19,9 +24,9 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from aigw import keyspace
+from aigw.redis_client import REDIS_ERRORS, connect, subscriber_urls, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +47,15 @@ class InvalidatedCache(abc.ABC, Generic[Value]):
         # One immediate retry on a broken connection lets a pooled connection that Redis dropped
         # be replaced unnoticed; a timeout is not retried, so a stuck Redis costs one timeout.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-        self._redis = Redis.from_url(redis_url, retry=retry, **options)
+        self._redis = connect(redis_url, retry=retry, **options)
         # No retry on the subscription: redis-py would re-subscribe behind our back and the
         # invalidations published meanwhile would be lost without the cache being emptied.
-        self._subscriber = Redis.from_url(
-            redis_url, retry=Retry(NoBackoff(), 0), client_name=subscriber_name, **options
-        )
+        self._subscriber_urls = subscriber_urls(redis_url)
+        self._subscriber_options = {
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": subscriber_name,
+            **options,
+        }
         self._what = what
         self._cache: dict[str, Value] = {}
         self._trusted = False
@@ -69,7 +77,6 @@ class InvalidatedCache(abc.ABC, Generic[Value]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._subscriber.aclose()
         await self._redis.aclose()
 
     def _remember(self, key: str, value: Value, generation: int) -> None:
@@ -96,13 +103,15 @@ class InvalidatedCache(abc.ABC, Generic[Value]):
         self._forget(None)
 
     async def _follow_invalidations(self) -> None:
+        await warm_up(self._redis)
         delay = _RECONNECT_BACKOFF[0]
-        while True:
-            pubsub = self._subscriber.pubsub()
+        for url in itertools.cycle(self._subscriber_urls):
+            subscriber = Redis.from_url(url, **self._subscriber_options)
+            pubsub = subscriber.pubsub()
             try:
                 await pubsub.subscribe(keyspace.INVALIDATION_CHANNEL)
                 await self._listen(pubsub)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 if self._trusted:
                     delay = _RECONNECT_BACKOFF[0]
                 if delay == _RECONNECT_BACKOFF[0]:  # a working subscription lost, or the first try
@@ -110,6 +119,7 @@ class InvalidatedCache(abc.ABC, Generic[Value]):
             finally:
                 self._distrust()
                 await pubsub.aclose()
+                await subscriber.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_BACKOFF[1])
 

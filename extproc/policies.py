@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 
 import orjson
-from redis.exceptions import RedisError
 
 from aigw import keyspace
 from aigw.errors import gateway_unavailable
 from aigw.policy import KeyPolicy
+from aigw.redis_client import REDIS_ERRORS
 from extproc.invalidated_cache import REDIS_TIMEOUT, InvalidatedCache
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class PolicyStore(InvalidatedCache[KeyPolicy]):
                         "The gateway is still loading its keys; retry in a moment."
                     )
                 return None
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise gateway_unavailable() from exc
         try:
             policy = KeyPolicy.from_json(raw)

@@ -1,7 +1,8 @@
 """One ext_proc stream is one HTTP request: a `Processor` per stream, one method per phase.
 
-- request headers: match the endpoint, drop client-sent `x-aig-*` headers, authenticate the
-  gateway key (401 before the body is read); GET /v1/models is answered here.
+- request headers: match the endpoint, drop client-sent `x-aig-*` headers (reading the request's
+  own tags from `x-aig-tags` first, see `request_tags`), authenticate the gateway key (401
+  before the body is read); GET /v1/models is answered here.
 - request body (buffered): parse the JSON once, resolve and check the model, admit (rate limits
   and spend cap, see `admission`), ask for streamed usage, then send the request on to its
   provider with the provider's auth (see `upstreams`).
@@ -47,6 +48,8 @@ from extproc.messages import (
     response_headers_reply,
 )
 from extproc.metering import ChatStreamRewriter, Usage, UsageParser, parser_for
+from extproc.request_tags import TAGS_HEADER, parse_tags_header, request_tags
+from extproc.request_types import check_field_types
 from extproc.settlement import Outcome, RequestFacts, settle_request
 from extproc.upstreams import with_body
 
@@ -78,6 +81,7 @@ class Processor:
         "_policy",
         "_status",
         "_strip_usage",
+        "_tags",
         "_ticket",
         "request_id",
     )
@@ -94,11 +98,13 @@ class Processor:
         self._meter: UsageParser | ChatStreamRewriter | None = None
         self._strip_usage = False
         self._status = 0
+        self._tags: tuple[str, ...] = ()
 
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         method = path = ""
         authorization = api_key = None
         foreign: list[str] = []
+        tag_values: list[bytes] = []
         for entry in message.headers.headers:
             name = entry.key
             if name == ":path":
@@ -115,6 +121,8 @@ class Processor:
                 self._content_length = True
             elif name.startswith(_GATEWAY_HEADER_PREFIX):
                 foreign.append(name)
+                if name == TAGS_HEADER:
+                    tag_values.append(entry.raw_value)
 
         endpoint, model = match_endpoint(method, path)
         policy = await self._authenticate(authorization, api_key)
@@ -124,6 +132,7 @@ class Processor:
             return self._ok(self._gateway.listing.model_body(policy, model))
         if message.end_of_stream:
             raise invalid_request("The request has no body: send a JSON object with a 'model'.")
+        self._tags = parse_tags_header(tag_values)
         self._endpoint = endpoint
         self._policy = policy
         return remove_request_headers(foreign) if foreign else CONTINUE_REQUEST_HEADERS
@@ -138,6 +147,7 @@ class Processor:
             raise invalid_request(
                 f"Invalid type for 'model': expected a string, but got {kind}.", "model"
             )
+        check_field_types(self._endpoint, body)
 
         gateway = self._gateway
         route = gateway.catalog.resolve(requested)
@@ -163,7 +173,7 @@ class Processor:
             request_id=self.request_id,
             parent_id=policy.parent_id,
             sub_account_id=policy.sub_account_id,
-            tags=(policy.default_tag,) if policy.default_tag else (),
+            tags=request_tags(policy.default_tag, self._tags),
             model=route.canonical,
             provider=route.provider,
             endpoint=self._endpoint.value,

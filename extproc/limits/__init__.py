@@ -1,12 +1,12 @@
 """Spend caps and rate limits in Redis: one Lua script per admission, one per settlement.
 
-Keys (`aigw.keyspace`, all of one owner under the hash tag `aigw:{owner}`):
+Keys (`aigw.keyspace`, all of one owner under `aigw:{u<shard>}:<owner>`):
 `…:state` (ready=1), `…:spend:<period>` (spent, reserved, warned, exhausted),
 `…:resv:<period>` (request id → reserved micro-cents), `…:rexp:<period>` (request id scored by
 its reservation's expiry), `…:win:rpm|rpd|tpm` (windows), `…:rl` (rate-limited debounce),
-`…:settled:<request id>` (settle idempotency). Only the global stream `aigw:usage` breaks the
-one-slot-per-script rule: Redis Cluster needs the stream sharded by the same tag
-(`aigw:{owner}:usage` or N shards) and an ingester that reads every shard.
+`…:settled:<request id>` (settle idempotency), and the owner's usage shard `aigw:{u<shard>}:usage`
+that admission and settle append events to. One hash tag for all of them: every script touches
+one Redis Cluster slot, and names each key it touches in KEYS.
 
 No overage: admission sweeps the owner's expired reservations, then, only if every window and the
 budget pass, reserves `input + ceil(max_out x out_nc / 1000)` — or clamps the output to
@@ -25,7 +25,7 @@ of the cap in the period, and appends the caller's usage event with `"crossed": 
 in before its closing brace (no JSON decoding in Redis), then a `budget` event per crossing. A
 `settled` marker (15 minutes) makes a repeated settle a no-op. A 402 whose cap has not fired
 `exhausted` yet fires it — unless even an empty budget could not pay the request's minimum, which
-says nothing about the budget. Events are only appended: trimming `aigw:usage` is the ingester's.
+says nothing about the budget. Events are only appended: deleting them is the ingester's.
 
 Sliding windows (RPM and TPM: 60 s in 1 s buckets; RPD: 24 h in 5 min buckets), counted
 conservatively: a bucket counts while it overlaps [now - W, now], i.e. buckets

@@ -4,7 +4,8 @@ Scripts are `.lua` files beside this module (`_windows.lua` is the prelude of `a
 `settle.lua`), read with `importlib.resources` and registered once per store; each call is one
 EVALSHA, and a NOSCRIPT answer (a restarted Redis) reloads the script and retries once. Keys come
 from `aigw.keyspace`; scripts take only KEYS and ARGV. Every Redis failure is raised as
-`LimitStoreUnavailable`, so the processor fails closed in one place.
+`LimitStoreUnavailable`, so the processor fails closed in one place. Every script's keys are of
+one owner and its usage shard, so one Redis Cluster slot (`aigw.keyspace`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import time
 from importlib.resources import files
 from typing import Any, Final
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from aigw import keyspace
+from aigw.redis_client import REDIS_ERRORS, AsyncRedis
 from extproc.limits.types import (
     AdmitRequest,
     AdmitResult,
@@ -44,7 +43,6 @@ _CONSTANTS: Final = (
     f"local TPM_W, TPM_B = {TPM_WINDOW_MS}, {TPM_BUCKET_MS}\n"
 )
 _REFUSALS: Final[tuple[Refusal | None, ...]] = (None, "budget", "rpm", "rpd", "tpm", "not_ready")
-_ERRORS: Final = (RedisError, OSError)
 
 
 def _source(name: str) -> str:
@@ -66,7 +64,7 @@ def _seconds(ms: int) -> int:
 
 
 class LimitStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: AsyncRedis) -> None:
         self._redis = redis
         prelude = _CONSTANTS + _source("_windows.lua")
         self._admit = redis.register_script(prelude + _source("admit.lua"))
@@ -97,7 +95,7 @@ class LimitStore:
                 keyspace.owner_window(owner, "rpd"),
                 keyspace.owner_window(owner, "tpm"),
                 keyspace.owner_rate_limited_debounce(owner),
-                keyspace.USAGE_STREAM,
+                keyspace.owner_usage_stream(owner),
             ),
             (
                 req.now_ms,
@@ -155,7 +153,7 @@ class LimitStore:
                 keyspace.owner_reservation_expiries(owner, period),
                 keyspace.owner_window(owner, "tpm"),
                 keyspace.owner_settled(owner, req.request_id),
-                keyspace.USAGE_STREAM,
+                keyspace.owner_usage_stream(owner),
             ),
             (
                 req.now_ms,
@@ -228,5 +226,5 @@ class LimitStore:
     async def _call(self, method: Any, *args: Any) -> Any:
         try:
             return await method(*args)
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise LimitStoreUnavailable(f"Redis: {exc}") from exc

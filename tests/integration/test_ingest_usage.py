@@ -5,13 +5,13 @@ once, whatever is re-delivered, malformed, or interrupted."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -20,9 +20,10 @@ import redis.asyncio as aioredis
 
 from aigw import keyspace
 from controlplane.ingester import Ingester
+from tests.faults import proxied_dsn, proxy_for
 
 T0 = 1_795_773_600_000  # 2026-11-27T10:00:00Z in epoch ms
-STREAM = keyspace.USAGE_STREAM
+STREAM = keyspace.owner_usage_stream("sa_a")  # the shard of the sub-account of these tests
 
 
 @dataclass
@@ -400,7 +401,7 @@ async def test_a_malformed_entry_is_acked_kept_and_does_not_block_the_next(
     assert [row["request_id"] for row in await setup.ledger()] == ["req-good"]
     dead = await setup.pool.fetch("SELECT stream_id, reason, raw FROM usage_dead_letters")
     assert len(dead) == 1
-    assert dead[0]["stream_id"] == bad_id
+    assert dead[0]["stream_id"] == f"{STREAM}:{bad_id}"
     assert dead[0]["reason"].startswith(reason)
     assert dead[0]["raw"].startswith(f"{field}=")
     assert ingester.stats.malformed == 1
@@ -439,62 +440,20 @@ async def test_a_deleted_pending_entry_is_acked(setup: Setup) -> None:
     assert await setup.pending() == 0
 
 
-class Proxy:
-    """A TCP relay in front of PostgreSQL that can go down and come back on the same port."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
 async def test_postgresql_down_keeps_entries_pending_until_it_is_back(
     setup: Setup, pg_dsn: str
 ) -> None:
-    from urllib.parse import urlsplit
-
-    target = urlsplit(pg_dsn)
-    if not target.hostname:
+    if not urlsplit(pg_dsn).hostname:
         pytest.skip("needs PostgreSQL over TCP to put a proxy in between ($DATABASE_URL)")
-    proxy = Proxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await proxy.start()
-    proxied = pg_dsn.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{proxy.port}")
+    proxy = proxy_for(pg_dsn)
+    proxy.start()
+    proxied = proxied_dsn(pg_dsn, proxy)
     pool = await asyncpg.create_pool(proxied, min_size=1, max_size=2)
     ingester = Ingester(pool, setup.redis, block_ms=10)
     try:
         await setup.add(usage("req-1"))
         assert await ingester.run_once() == 1
-        await proxy.stop()
+        proxy.stop()
         await setup.add(usage("req-2", crossed=[80]))
         await setup.add(usage("req-3"))
         with pytest.raises((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
@@ -505,7 +464,7 @@ async def test_postgresql_down_keeps_entries_pending_until_it_is_back(
         worker = asyncio.create_task(ingester.run())
         await asyncio.sleep(0.5)  # retrying against a PostgreSQL that is down
         assert len(await setup.ledger()) == 1
-        await proxy.start()  # back, on the same port
+        proxy.start()  # back, on the same port
         for _ in range(100):
             if len(await setup.ledger()) == 3 and await setup.pending() == 0:
                 break
@@ -513,8 +472,7 @@ async def test_postgresql_down_keeps_entries_pending_until_it_is_back(
         ingester.stop()
         await asyncio.wait_for(worker, 5)
     finally:
-        with contextlib.suppress(Exception):
-            await proxy.stop()
+        proxy.close()
         pool.terminate()
     assert [row["request_id"] for row in await setup.ledger()] == ["req-1", "req-2", "req-3"]
     assert [row["requests"] for row in await setup.daily()] == [3]
@@ -545,7 +503,7 @@ async def test_consumers_of_stopped_control_planes_are_forgotten(
     await ingester.run_once()
     await setup.add(usage("req-1"))
     await setup.redis.xreadgroup(keyspace.USAGE_CONSUMER_GROUP, "gone", {STREAM: ">"}, count=1)
-    monkeypatch.setattr("controlplane.ingester.FORGET_CONSUMER_IDLE_MS", -1)
+    monkeypatch.setattr("controlplane.usage_consumer.FORGET_CONSUMER_IDLE_MS", -1)
     await ingester.run_once()  # claims req-1 from "gone": "gone" still pending then
     await ingester.run_once()  # the next scan finds "gone" with nothing pending
     consumers = await setup.redis.xinfo_consumers(STREAM, keyspace.USAGE_CONSUMER_GROUP)

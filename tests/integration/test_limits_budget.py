@@ -79,7 +79,7 @@ def done(request_id: str = "req_1", cost: int = 0, **changes: object) -> SettleR
 
 
 async def events(redis: aioredis.Redis, kind: str | None = None) -> list[dict[str, object]]:
-    entries = await redis.xrange(keyspace.USAGE_STREAM)
+    entries = await redis.xrange(keyspace.owner_usage_stream(OWNER))
     decoded = [orjson.loads(fields[b"e"]) for _, fields in entries]
     return [event for event in decoded if kind is None or event["type"] == kind]
 

@@ -234,7 +234,7 @@ async def test_rate_limited_event_at_most_once_a_minute(
     await store.admit(ask(T0, rpm=1, parent_id="acct_w"))
     for offset in range(0, 60 * SECOND, 5 * SECOND):
         assert (await store.admit(ask(T0 + offset, rpm=1, parent_id="acct_w"))).refusal == "rpm"
-    entries = await redis.xrange(keyspace.USAGE_STREAM)
+    entries = await redis.xrange(keyspace.owner_usage_stream(OWNER))
     events = [orjson.loads(fields[b"e"]) for _, fields in entries]
     assert events == [
         {
@@ -246,7 +246,7 @@ async def test_rate_limited_event_at_most_once_a_minute(
         }
     ]
     assert (await store.admit(ask(T0 + 60 * SECOND, rpm=1))).refusal == "rpm"
-    assert await redis.xlen(keyspace.USAGE_STREAM) == 2
+    assert await redis.xlen(keyspace.owner_usage_stream(OWNER)) == 2
 
 
 def figures(result: AdmitResult) -> dict[str, tuple[int, int, int]]:

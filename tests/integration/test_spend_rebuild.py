@@ -76,7 +76,9 @@ class Plane:
         return await self.redis.hget(keyspace.owner_state(sub_account_id), "ready") == b"1"
 
     async def add(self, body: dict[str, Any]) -> None:
-        await self.redis.xadd(keyspace.USAGE_STREAM, {"e": orjson.dumps(body)})
+        """Into the stream of the entry's owner, as extproc appends it."""
+        owner = body.get("sub_account_id") or body["parent_id"]
+        await self.redis.xadd(keyspace.owner_usage_stream(owner), {"e": orjson.dumps(body)})
 
     async def ledger_ids(self) -> list[str]:
         rows = await self.pool.fetch("SELECT request_id FROM usage_ledger ORDER BY request_id")
@@ -256,7 +258,7 @@ async def test_an_entry_both_committed_and_still_in_the_stream_counts_once(
     with pytest.raises(ConnectionError):
         await ingester.run_once()
     assert await plane.ledger_ids() == ["req-1"]
-    assert await plane.redis.xlen(keyspace.USAGE_STREAM) == 1
+    assert await plane.redis.xlen(keyspace.owner_usage_stream(sa)) == 1
 
     await plane.redis.delete(keyspace.owner_state(sa))  # the owner is not ready any more
     await plane.redis.hset(keyspace.owner_spend(sa, "2026-11"), "spent", "0")

@@ -86,7 +86,8 @@ class World:
 
     async def xadd(self, *entries: dict[str, Any]) -> None:
         for entry in entries:
-            await self.redis.xadd(keyspace.USAGE_STREAM, {"e": orjson.dumps(entry)})
+            owner = entry.get("sub_account_id") or entry["parent_id"]
+            await self.redis.xadd(keyspace.owner_usage_stream(owner), {"e": orjson.dumps(entry)})
 
     async def ingest(self) -> None:
         """Everything in the stream into PostgreSQL, by the real ingester."""
@@ -122,7 +123,7 @@ async def running(*dispatchers: Dispatcher) -> AsyncIterator[None]:
         await asyncio.gather(*tasks)
 
 
-# Usage stream entries as extproc writes them (docs/internals.md, "Stream `aigw:usage`")
+# Usage stream entries as extproc writes them (docs/internals.md, "Usage streams")
 
 
 def usage(

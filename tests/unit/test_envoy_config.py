@@ -125,6 +125,7 @@ def test_control_plane_routes_skip_ext_proc_and_keep_their_segments() -> None:
     assert paths == set(CONTROL_PLANE_PATHS)
     assert prefixes == set(CONTROL_PLANE_PREFIXES)
     assert "/healthz" in paths and "/v1/me" in prefixes
+    assert "/dashboard" in prefixes, "the dashboard is served on the one base URL"
     assert not any("prefix" in r["match"] for r in control), "/v1/me must not catch /v1/messages"
     for route in control:
         per_route = route["typed_per_filter_config"][EXT_PROC_FILTER]
