@@ -43,6 +43,11 @@ _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Envoy's default circuit breakers allow 1024 requests in flight per cluster; an LLM stream holds
 # one upstream request and one extproc stream for minutes, so a busy gateway needs far more.
 _MAX_IN_FLIGHT = 100_000
+# Upstream, this caps the streams Envoy multiplexes on one HTTP/2 connection to extproc: past it
+# Envoy opens another connection, and the kernel spreads connections (not streams) over the
+# extproc workers sharing the port (SO_REUSEPORT); uncapped, every stream lands on one worker.
+# Not 1: a connection per stream cost ~20 % more extproc and Envoy CPU per request (bench/README).
+STREAMS_PER_EXTPROC_CONNECTION = 16
 _CA_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
@@ -98,7 +103,10 @@ def _static_cluster(
     if http2:
         protocol = HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=Http2ProtocolOptions(
-                connection_keepalive=KeepaliveSettings(interval=seconds(30), timeout=seconds(5))
+                connection_keepalive=KeepaliveSettings(interval=seconds(30), timeout=seconds(5)),
+                max_concurrent_streams=wrappers_pb2.UInt32Value(
+                    value=STREAMS_PER_EXTPROC_CONNECTION
+                ),
             )
         )
     else:

@@ -120,6 +120,7 @@ def start_litellm(work: Path, provider: FakeProvider, workers: int = 1) -> Targe
         ],
         work,
         env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"},
+        without=("DATABASE_URL", "REDIS_URL"),  # LiteLLM would use them (and need prisma)
     )
     _wait_ready(child, f"http://127.0.0.1:{port}/health/liveliness")
     url = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -13,7 +13,7 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +59,22 @@ def spawn(
     log_dir: Path,
     *,
     env: Mapping[str, str] | None = None,
+    without: Collection[str] = (),
     cwd: Path | None = None,
 ) -> Child:
-    """Start `command` with its output in `log_dir/<name>.log`."""
+    """Start `command` with its output in `log_dir/<name>.log`, in our environment plus `env`
+    and minus the variables named in `without`."""
     log_path = log_dir / f"{name}.log"
+    environment = {**os.environ, **(env or {})}
+    for variable in without:
+        environment.pop(variable, None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env=environment,
             cwd=cwd,
             start_new_session=True,
             preexec_fn=die_with_parent,

@@ -19,6 +19,11 @@ The invalidation is published only after the writes are done (a second round tri
 Cluster runs a pipeline's commands on several nodes at once and refuses PUBLISH inside one, and
 an extproc that heard of a change before it was written would cache the old policy.
 
+A sub-account just created is the exception to the lock (`project_new_sub_account`, the hot path
+of `POST /v1/sub-accounts`): its first key is written from what the insert returned, without
+locking and re-reading the row, and only if the key has no entry yet (`SET NX`), so a change
+projected in between is never overwritten by the older state.
+
 Spend: `project_all` also rebuilds the current-period spend of every sub-account whose state is
 not ready in Redis (`controlplane.spend_rebuild`) before it sets the `projected` marker; a new
 sub-account's spend is made ready (0) before its key is projected (`start_spend`), so the data
@@ -123,6 +128,13 @@ class Projector:
             keys = await store.keys_of_sub_accounts(conn, [sub.id], now - _RECENTLY_EXPIRED)
             await self._write([(key, sub_account_policy(sub, key)) for key in keys])
 
+    async def project_new_sub_account(self, sub: SubAccount, key: ApiKey) -> None:
+        """Project the first key of a sub-account just created from what its insert returned,
+        without locking and re-reading the row. Written only if the key has no entry yet: one
+        that exists was written by a later change of the sub-account (projected under the lock)
+        or by `project_all`, never older than this."""
+        await self._write([(key, sub_account_policy(sub, key))], only_new=True)
+
     async def project_parent(self, parent_id: str) -> None:
         """Re-project a parent's own keys."""
         now = self._clock()
@@ -206,10 +218,15 @@ class Projector:
             after = subs[-1].id
 
     async def _write(
-        self, entries: Sequence[tuple[ApiKey, KeyPolicy]], *, strict: bool = False
+        self,
+        entries: Sequence[tuple[ApiKey, KeyPolicy]],
+        *,
+        strict: bool = False,
+        only_new: bool = False,
     ) -> int:
-        """Write (or delete) each key's entry and publish their hashes. Unless `strict`, a Redis
-        failure is logged and remembered for `keep_projected` instead of raised."""
+        """Write (or delete) each key's entry and publish their hashes; with `only_new`, an
+        entry that exists is left as it is. Unless `strict`, a Redis failure is logged and
+        remembered for `keep_projected` instead of raised."""
         if not entries:
             return 0
         now = self._clock()
@@ -217,12 +234,12 @@ class Projector:
         for key, policy in entries:
             name = keyspace.key_policy(key.key_hash)
             if key.expires_at is None:
-                pipe.set(name, policy.to_json())
+                pipe.set(name, policy.to_json(), nx=only_new)
             elif key.expires_at <= now:
                 pipe.delete(name)
             else:
                 ttl = key.expires_at - now + TTL_MARGIN
-                pipe.set(name, policy.to_json(), px=int(ttl.total_seconds() * 1000))
+                pipe.set(name, policy.to_json(), px=int(ttl.total_seconds() * 1000), nx=only_new)
         try:
             await pipe.execute()
             if not strict:

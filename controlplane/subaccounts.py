@@ -15,7 +15,7 @@ from aigw.keys import generate_key, hash_key, new_id
 from controlplane import store, webhook_events
 from controlplane.context import Context
 from controlplane.errors import not_found
-from controlplane.models import SubAccount
+from controlplane.models import ApiKey, SubAccount
 
 # Fields a tier gives defaults for.
 TIER_FIELDS = (
@@ -49,13 +49,18 @@ async def create(ctx: Context, parent_id: str, given: dict[str, Any]) -> tuple[S
     """A new sub-account from the given fields over its tier's defaults; returns its key."""
     fields = _BASE | tier_defaults(ctx.config, given.get("tier")) | given
     key = generate_key()
+    key_hash = hash_key(key)
     async with ctx.pool.acquire() as conn, conn.transaction():
         sub = await store.insert_sub_account(
-            conn, new_id("sa"), parent_id, fields, hash_key(key), ctx.clock()
+            conn, new_id("sa"), parent_id, fields, key_hash, ctx.clock()
         )
         await webhook_events.sub_account_created(conn, sub, ctx.clock())
     await ctx.projector.start_spend(sub)  # its budget is ready before its key works
-    await ctx.projector.project_sub_account(sub.id)
+    first_key = ApiKey(
+        key_hash=key_hash, parent_id=parent_id, sub_account_id=sub.id,
+        created_at=sub.created_at, expires_at=None, revoked_at=None,
+    )  # fmt: skip
+    await ctx.projector.project_new_sub_account(sub, first_key)
     return sub, key
 
 

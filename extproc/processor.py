@@ -10,7 +10,8 @@
   bodies of unknown length, buffered otherwise); add the rate-limit, clamp and `x-aig-byok`
   headers.
 - response body: meter it (see `metering`), strip the usage chunk the client did not ask for,
-  and settle at its end; `on_stream_closed` settles a request whose stream was cut off.
+  and settle at its end (in the background: the client's answer does not wait for Redis);
+  `on_stream_closed` settles a request whose stream was cut off.
 
 Phase methods raise `GatewayError`; the server turns it into the client's answer.
 """
@@ -206,7 +207,7 @@ class Processor:
         if ticket.clamped:
             added[_CLAMP_HEADER] = str(ticket.output_tokens)
         if self._status >= 400 or message.end_of_stream:
-            await self._settle(Usage(), aborted=False)
+            self._settle(Usage(), aborted=False)
             return response_headers_reply(added, NO_BODY)
         sse = content_type.startswith(b"text/event-stream")
         if sse and self._endpoint in _REWRITABLE_STREAMS:
@@ -226,11 +227,11 @@ class Processor:
             if message.end_of_stream:
                 rest, usage = meter.finish()
                 out += rest
-                await self._settle(usage, aborted=False)
+                self._settle(usage, aborted=False)
             return CONTINUE_RESPONSE_BODY if out is chunk else replace_response_body(out)
         meter.feed(chunk)
         if message.end_of_stream:
-            await self._settle(meter.finish(), aborted=False)
+            self._settle(meter.finish(), aborted=False)
         return CONTINUE_RESPONSE_BODY
 
     async def request_trailers(self, message: HttpTrailers) -> ProcessingResponse:
@@ -266,8 +267,10 @@ class Processor:
         self._strip_usage = True
         return True
 
-    async def _settle(self, usage: Usage, aborted: bool) -> None:
-        await self._gateway.settler.settle(self._settlement(usage, aborted))
+    def _settle(self, usage: Usage, aborted: bool) -> None:
+        """Settle from a task of its own: the reply that ends the response does not wait for the
+        Redis round trip (the reservation covers the request until the settle lands)."""
+        self._gateway.settler.settle_later(self._settlement(usage, aborted))
 
     def _settlement(self, usage: Usage, aborted: bool) -> Any:
         ticket = self._ticket

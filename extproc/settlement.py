@@ -127,20 +127,16 @@ def settle_request(ticket: Ticket, facts: RequestFacts, outcome: Outcome) -> Set
 
 
 class Settler:
-    """Settles requests; keeps background retries alive until they succeed or expire."""
+    """Settles requests in the background (the reply that ends a response does not wait for
+    the Redis round trip; the reservation covers the request until the settle lands) and keeps
+    retries alive until they succeed or expire."""
 
     def __init__(self, store: LimitStore) -> None:
         self._store = store
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def settle(self, request: SettleRequest) -> None:
-        try:
-            await self._store.settle(request)
-        except LimitStoreUnavailable:
-            self.settle_later(request)
-
     def settle_later(self, request: SettleRequest) -> None:
-        """Settle from a task of its own (a stream's task may already be cancelled)."""
+        """Settle from a task of its own (which also outlives a cancelled stream's task)."""
         task = asyncio.get_running_loop().create_task(self._retry(request))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -9,6 +9,7 @@ session. Each test that asks for `pg_dsn` gets a fresh database with every migra
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,19 @@ def with_database(dsn: str, database: str) -> str:
     """The same server, another database."""
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@contextlib.asynccontextmanager
+async def own_database(server_url: str, name: str) -> AsyncIterator[str]:
+    """A new, empty database on `server_url`'s server, dropped afterwards."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(server_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def with_redis_db(url: str, db: int) -> str:

@@ -18,16 +18,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
-
 from aigw.embedded import free_port
-from tests.conftest import with_database
 from tests.e2e.harness import Gateway, start_gateway, write_config
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -181,19 +178,6 @@ class FaultGateway:
     @property
     def base_url(self) -> str:
         return self.gateway.base_url
-
-
-@contextlib.asynccontextmanager
-async def own_database(server_url: str, name: str) -> AsyncIterator[str]:
-    """A new, empty database on `server_url`'s server, dropped afterwards."""
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(server_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @contextlib.contextmanager

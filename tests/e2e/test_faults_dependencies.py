@@ -15,9 +15,10 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import own_database
 from tests.e2e.conftest import Parent
 from tests.e2e.harness import MockProvider, eventually
-from tests.faults import FaultGateway, fault_gateway, own_database
+from tests.faults import FaultGateway, fault_gateway
 
 PRICEY = "openai/gpt-test-pricey"  # input $10 / output $100 per million tokens (test config)
 CHEAP = "openai/gpt-5.4-mini"

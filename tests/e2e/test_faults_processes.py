@@ -19,9 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from aigw.supervisor import EXTPROC_RESTART_MIN_UPTIME_S
+from tests.conftest import own_database
 from tests.e2e.conftest import Parent
 from tests.e2e.harness import MockProvider, eventually, start_gateway
-from tests.faults import FaultGateway, fault_gateway, own_database
+from tests.faults import FaultGateway, fault_gateway
 
 MODEL = "openai/gpt-5.4-mini"
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
@@ -107,8 +108,10 @@ async def test_a_killed_extproc_cuts_its_streams_cleanly_and_the_rest_go_on(
     port = gateway.gateway.config["server"]["extproc_port"]
     workers = extproc_workers(gateway)
     assert len(workers) == 2
+    # Old enough to be restarted rather than taken for a crash loop. psutil's create_time is
+    # derived from the boot time and can read up to a second early: wait that much longer.
     youngest = max(worker.create_time() for worker in workers)
-    await asyncio.sleep(max(0.0, youngest + EXTPROC_RESTART_MIN_UPTIME_S - time.time()))
+    await asyncio.sleep(max(0.0, youngest + EXTPROC_RESTART_MIN_UPTIME_S + 1.0 - time.time()))
 
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as http:
         started = [asyncio.Event() for _ in range(6)]

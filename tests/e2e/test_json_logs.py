@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aigw.supervisor import read_run_state
-from tests.conftest import with_database
+from tests.conftest import own_database
 from tests.e2e.harness import PLATFORM_KEYS, MockProvider, start_gateway, write_config
 
 CHAT = {"model": "openai/gpt-5.4-mini", "messages": [{"role": "user", "content": "Hi"}]}
@@ -48,15 +47,8 @@ class JsonGateway:
 
 @pytest.fixture(scope="module")
 async def json_logs_database(database_url: str) -> AsyncIterator[str]:
-    name = f"aigw_json_logs_{os.getpid()}"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(database_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with own_database(database_url, f"aigw_json_logs_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

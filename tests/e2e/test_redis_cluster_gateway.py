@@ -24,9 +24,9 @@ from aigw.periods import current_period
 from aigw.redis_client import connect
 from controlplane.accounts import create_parent_account
 from extproc.limits import LimitStore
-from tests.conftest import with_database
+from tests.conftest import own_database
 from tests.e2e.conftest import Parent
-from tests.e2e.harness import Gateway, MockProvider, eventually, start_gateway, write_config
+from tests.e2e.harness import Gateway, MockProvider, eventually, run_gateway
 
 PRICEY = "openai/gpt-test-pricey"  # input $10 / output $100 per million tokens (test config)
 MODEL = "openai/gpt-5.4-mini"
@@ -47,15 +47,8 @@ class ClusterGateway:
 
 @pytest.fixture(scope="module")
 async def cluster_database(database_url: str) -> AsyncIterator[str]:
-    name = f"aigw_e2e_cluster_{os.getpid()}"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(database_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with own_database(database_url, f"aigw_e2e_cluster_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +67,15 @@ def on_cluster(
     cluster_database: str,
     emptied_cluster: str,
 ) -> Iterator[ClusterGateway]:
-    folder = Path(tmp_path_factory.mktemp("cluster-gateway"))
-    config_path = folder / "gateway.yaml"
-    config = write_config(
-        config_path,
+    with run_gateway(
+        Path(tmp_path_factory.mktemp("cluster-gateway")),
+        "--extproc-workers",
+        "2",
         mock_url=mock_provider.url,
         database_url=cluster_database,
         redis_url=emptied_cluster,
-        data_dir=folder / "data",
-    )
-    gateway = start_gateway(config_path, config, "--extproc-workers", "2")
-    try:
+    ) as gateway:
         yield ClusterGateway(gateway, cluster_database, emptied_cluster)
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture

@@ -16,21 +16,14 @@ from aigw.keys import hash_key
 from aigw.policy import KeyPolicy
 from controlplane.accounts import create_parent_account, ensure_first_parent
 from controlplane.migrate import migrate, migration_files
-from tests.conftest import with_database
+from tests.conftest import own_database
 
 
 @pytest.fixture
 async def empty_dsn(database_url: str) -> AsyncIterator[str]:
     """A database with no migration applied."""
-    name = f"aigw_cp_empty_{os.getpid()}"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(database_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with own_database(database_url, f"aigw_cp_empty_{os.getpid()}") as url:
+        yield url
 
 
 async def applied_versions(dsn: str) -> list[str]:
