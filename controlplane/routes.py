@@ -65,7 +65,7 @@ async def create_sub_account(
     body: SubAccountCreate, parent: ParentDep, ctx: ContextDep
 ) -> ExactJSONResponse:
     sub, key = await subaccounts.create(ctx, parent.id, body.given())
-    view = await views.sub_account(ctx.redis, sub, ctx.clock(), key=key, **_live(ctx))
+    view = await views.sub_account(ctx.redis, sub, ctx.clock(), key=key, new=True)
     return _answer(view, 201)
 
 

@@ -76,9 +76,13 @@ async def spend_view(
     pool: asyncpg.Pool | None = None,
     limits: LimitStore | None = None,
 ) -> dict[str, Any]:
-    """The `spend` object of a sub-account at `now`."""
+    """The `spend` object of a sub-account at `now`, read live."""
     period = current_period(sub.budget_period, sub.created_at, now)
-    spent = await spent_microcents(redis, sub.id, period, pool, limits)
+    return spend_object(sub, period, await spent_microcents(redis, sub.id, period, pool, limits))
+
+
+def spend_object(sub: SubAccount, period: Period, spent: int) -> dict[str, Any]:
+    """The `spend` object of a sub-account that has spent `spent` micro-cents in `period`."""
     remaining: Decimal | None = None
     if sub.spend_cap_cents is not None:
         cap = sub.spend_cap_cents * MICROCENTS_PER_CENT

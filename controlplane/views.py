@@ -9,9 +9,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from aigw.config import TierConfig
+from aigw.periods import current_period
 from controlplane.clock import iso_z
 from controlplane.models import ParentAccount, SubAccount
-from controlplane.spend import spend_view
+from controlplane.spend import spend_object, spend_view
 from extproc.limits import LimitStore
 
 
@@ -23,11 +24,13 @@ async def sub_account(
     *,
     pool: asyncpg.Pool | None = None,
     limits: LimitStore | None = None,
+    new: bool = False,
 ) -> dict[str, Any]:
     """The `sub_account` object with live `spend`; `key` only on create and rotate. Amounts are
     `Decimal`: answer with `controlplane.responses.ExactJSONResponse`. With `pool`, the spend is
     read from the ledger while Redis cannot tell it (`spend.spent_microcents`); `limits` is the
-    process's `LimitStore` (`ctx.projector.limits`)."""
+    process's `LimitStore` (`ctx.projector.limits`). A `new` sub-account (just created) has spent
+    nothing: its spend is not read."""
     body: dict[str, Any] = {"id": sub.id, "object": "sub_account"}
     if key is not None:
         body["key"] = key
@@ -46,7 +49,11 @@ async def sub_account(
         "status": sub.status,
         "expires_at": iso_z(sub.expires_at),
         "created_at": iso_z(sub.created_at),
-        "spend": await spend_view(redis, sub, now, pool, limits),
+        "spend": (
+            spend_object(sub, current_period(sub.budget_period, sub.created_at, now), 0)
+            if new
+            else await spend_view(redis, sub, now, pool, limits)
+        ),
     }
     return body
 
