@@ -32,7 +32,6 @@ plane never sees its key without its budget.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -42,7 +41,7 @@ import asyncpg
 from aigw import keyspace
 from aigw.policy import KeyPolicy
 from aigw.redis_client import REDIS_ERRORS, AsyncRedis
-from controlplane import store
+from controlplane import projection_loop, store
 from controlplane.clock import Clock, epoch, iso_z, utc_now
 from controlplane.models import ApiKey, ParentAccount, SubAccount
 from controlplane.spend_rebuild import SpendRebuilder
@@ -86,11 +85,6 @@ def parent_policy(parent: ParentAccount, key: ApiKey) -> KeyPolicy:
         status="disabled" if key.revoked_at is not None else "active",
         key_expires_at=epoch(key.expires_at),
     )
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class Projector:
@@ -161,27 +155,17 @@ class Projector:
 
     async def keep_projected(self, interval: float = 1.0) -> None:
         """Run forever: rebuild everything when Redis lost the marker (flushed, restarted
-        empty) or a write to it failed. Failures are logged once per outage and retried."""
-        failing = False
-        while True:
-            if _cancelling():  # a cancel some library swallowed: stop all the same
-                raise asyncio.CancelledError
-            await asyncio.sleep(interval)
-            try:
-                if self._stale or not await self._redis.exists(keyspace.PROJECTED_MARKER):
-                    await self.project_all()
-                if failing:
-                    log.info("Redis answers again; key policies are projected")
-                failing = False
-            except Exception as exc:  # the loop must outlive any one failure
-                if _cancelling():
-                    # a cancel that arrived mid-query can surface as the driver's own error
-                    # (asyncpg's rollback of the interrupted transaction): stop anyway
-                    raise asyncio.CancelledError from exc
-                self._stale = True
-                if not failing:
-                    log.warning("cannot project key policies yet (%r); retrying", exc)
-                failing = True
+        empty) or a write to it failed (`controlplane.projection_loop`)."""
+        await projection_loop.keep_projected(
+            self._project_if_lost, self._mark_stale, "key policies", interval
+        )
+
+    async def _project_if_lost(self) -> None:
+        if self._stale or not await self._redis.exists(keyspace.PROJECTED_MARKER):
+            await self.project_all()
+
+    def _mark_stale(self) -> None:
+        self._stale = True
 
     async def _project_all_parents(self) -> int:
         written, after = 0, ""

@@ -18,13 +18,13 @@ every primary of a cluster.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
 
 from aigw import keyspace
 from aigw.redis_client import REDIS_ERRORS, AsyncRedis
+from controlplane import projection_loop
 from controlplane import provider_key_store as store
 from controlplane.clock import Clock, iso_z, utc_now
 
@@ -104,34 +104,20 @@ class ProviderKeyProjector:
         return len(rows)
 
     async def keep_projected(self, interval: float = 1.0) -> None:
-        """Run forever: rebuild when the marker is missing or a write failed; failures are
-        logged once per outage and retried."""
-        failing = False
-        while True:
-            if _cancelling():  # a cancel some library swallowed: stop all the same
-                raise asyncio.CancelledError
-            await asyncio.sleep(interval)
-            try:
-                if self._stale:
-                    await self.project_all(announce=True)
-                elif not await self._redis.exists(keyspace.BYOK_PROJECTED_MARKER):
-                    await self.project_all()
-                if failing:
-                    log.info("Redis answers again; provider keys are projected")
-                failing = False
-            except Exception as exc:  # the loop must outlive any one failure
-                if _cancelling():
-                    # a cancel that arrived mid-query can surface as the driver's own error
-                    raise asyncio.CancelledError from exc
-                self._stale = True
-                if not failing:
-                    log.warning("cannot project provider keys yet (%r); retrying", exc)
-                failing = True
+        """Run forever: rebuild when the marker is missing or a write failed
+        (`controlplane.projection_loop`)."""
+        await projection_loop.keep_projected(
+            self._project_if_lost, self._mark_stale, "provider keys", interval
+        )
 
+    async def _project_if_lost(self) -> None:
+        if self._stale:
+            await self.project_all(announce=True)
+        elif not await self._redis.exists(keyspace.BYOK_PROJECTED_MARKER):
+            await self.project_all()
 
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    def _mark_stale(self) -> None:
+        self._stale = True
 
 
 def _parent_of(name: bytes | str) -> str:
