@@ -39,6 +39,10 @@ _CLUSTER_MAX_CONNECTIONS: Final = 2**31
 """Per node, as a server client's pool (redis-py's default for a cluster, 100, answers the 101st
 concurrent command with MaxConnectionsError instead of opening a connection)."""
 _SERVER_SCHEMES: Final = ("redis", "rediss", "unix")
+_SERVER_MAX_CONNECTIONS: Final = 100
+"""Per client of one server. A command that finds them all busy waits for one to come free (as
+long as its `socket_timeout`) rather than failing: redis-py's default pool answers the 101st
+concurrent command with MaxConnectionsError, which a burst of new requests reaches at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +90,13 @@ def connect(url: str, **options: Any) -> AsyncRedis:
     """An asyncio client: `redis.asyncio.Redis`, or `RedisCluster` for a cluster URL.
     `options` are client options both accept (timeouts, `retry`, `client_name`…)."""
     if not is_cluster(url):
-        return redis.asyncio.Redis.from_url(url, **options)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=_SERVER_MAX_CONNECTIONS,
+            timeout=options.get("socket_timeout"),
+            **options,
+        )
+        return redis.asyncio.Redis.from_pool(pool)
     cluster = _parse_cluster(url)
     (host, port), *others = cluster.nodes
     seeds = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in others]

@@ -51,18 +51,15 @@ class ProviderKeyCache(InvalidatedCache[ParentKeys]):
         self._providers = dict(providers)
 
     async def forward(self, parent_id: str, provider: str) -> ProcessingResponse | None:
-        keys = self._cache.get(parent_id)
-        if keys is None:
-            keys = await self._load(parent_id)
-        found = keys.get(provider)
+        keys = await self.get(parent_id)
+        found = keys.get(provider) if keys is not None else None
         if isinstance(found, str):
             raise gateway_unavailable(
                 "The gateway cannot read this account's provider key; the request was not sent."
             )
         return found
 
-    async def _load(self, parent_id: str) -> ParentKeys:
-        generation = self._generation
+    async def _read(self, parent_id: str) -> ParentKeys:
         try:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hgetall(keyspace.provider_keys(parent_id))
@@ -72,9 +69,7 @@ class ProviderKeyCache(InvalidatedCache[ParentKeys]):
             raise gateway_unavailable() from exc
         if not tokens and not projected:
             raise gateway_unavailable("The gateway is still loading its keys; retry in a moment.")
-        keys = self._open(parent_id, tokens)
-        self._remember(parent_id, keys, generation)
-        return keys
+        return self._open(parent_id, tokens)
 
     def _open(self, parent_id: str, tokens: dict[bytes, bytes]) -> ParentKeys:
         keys: dict[str, ProcessingResponse | str] = {}

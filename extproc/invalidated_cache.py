@@ -3,8 +3,10 @@
 The control plane publishes what it changed on `aigw:invalidate` (docs/internals.md). The cache
 is trusted only while its subscription is connected and confirmed: on any disconnect it is
 emptied and lookups go to Redis until the subscription is back. A lookup that raced an
-invalidation does not store its answer (`generation`). Subclasses say how a message maps to
-entries (`_invalidate`) and what they look up.
+invalidation does not store its answer (`generation`). Concurrent misses of one key share one
+Redis read (`get`): a burst of first requests from a new key reads it once, not once per request,
+and a lookup that starts after an invalidation never joins a read begun before it. Subclasses
+say how a message maps to entries (`_invalidate`) and how one entry is read (`_read`).
 
 Lookups go through `aigw.redis_client.connect` (one server or a Redis Cluster). The subscription
 is a plain connection to one server: the Redis itself, or one seed node of a cluster (a cluster
@@ -58,6 +60,8 @@ class InvalidatedCache(abc.ABC, Generic[Value]):
         }
         self._what = what
         self._cache: dict[str, Value] = {}
+        self._reading: dict[str, tuple[int, asyncio.Future[Value | None]]] = {}
+        """Reads in flight, by key, with the generation each began in."""
         self._trusted = False
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +82,38 @@ class InvalidatedCache(abc.ABC, Generic[Value]):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self._redis.aclose()
+
+    async def get(self, key: str) -> Value | None:
+        """The entry of `key`: from the cache, else read from Redis (`_read`) by one read shared
+        with every lookup of `key` that misses while it runs. Raises what `_read` raises."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        generation = self._generation
+        reading = self._reading.get(key)
+        if reading is None or reading[0] != generation:
+            read = asyncio.ensure_future(self._read_and_remember(key, generation))
+            reading = (generation, read)
+            self._reading[key] = reading
+            read.add_done_callback(lambda done: self._read_done(key, done))
+        # Shielded: a caller that goes away (its stream cancelled) leaves the read to the others.
+        return await asyncio.shield(reading[1])
+
+    async def _read_and_remember(self, key: str, generation: int) -> Value | None:
+        value = await self._read(key)
+        if value is not None:
+            self._remember(key, value, generation)
+        return value
+
+    def _read_done(self, key: str, done: asyncio.Future[Value | None]) -> None:
+        if self._reading.get(key, (0, None))[1] is done:
+            del self._reading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved, even when every caller has gone
+
+    @abc.abstractmethod
+    async def _read(self, key: str) -> Value | None:
+        """Read one entry from Redis; None when there is none (not cached)."""
 
     def _remember(self, key: str, value: Value, generation: int) -> None:
         """Cache `value` if no invalidation arrived since `generation` was read."""

@@ -27,6 +27,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 from aigw import redis_client
 from aigw.errors import GatewayError
 from aigw.metrics_registry import scrape_registry
+from extproc.failure_log import ThrottledFailureLog
 from extproc.limits.types import LimitStoreUnavailable
 
 ADMITTED: Final = "admitted"
@@ -56,6 +57,7 @@ REDIS_ERRORS: Final = Counter(
     "aigw_redis_errors", "Requests refused with 503 because Redis failed or did not answer."
 )
 _COUNTERS: Final = {decision: REQUESTS.labels(decision) for decision in DECISIONS}
+_REDIS_FAILURE_LOG: Final = ThrottledFailureLog()
 
 
 def decided(decision: str, seconds: float) -> None:
@@ -65,20 +67,24 @@ def decided(decision: str, seconds: float) -> None:
 
 
 def decision_of(error: GatewayError) -> str:
-    """The decision an error answer stands for; counts a Redis failure behind a 503."""
+    """The decision an error answer stands for; counts (and logs, throttled) a Redis failure
+    behind a 503."""
     decision = _DECISION_OF_CODE.get(error.code, _INVALID)
-    if decision == "unavailable" and _caused_by_redis(error):
-        REDIS_ERRORS.inc()
+    if decision == "unavailable":
+        cause = _redis_cause(error)
+        if cause is not None:
+            REDIS_ERRORS.inc()
+            _REDIS_FAILURE_LOG.failed(cause)
     return decision
 
 
-def _caused_by_redis(error: BaseException) -> bool:
+def _redis_cause(error: BaseException) -> BaseException | None:
     seen: BaseException | None = error.__cause__ or error.__context__
     while seen is not None:
         if isinstance(seen, _REDIS_FAILURES):
-            return True
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def serve(host: str, port: int) -> tuple[WSGIServer, Thread]:

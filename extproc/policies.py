@@ -34,10 +34,9 @@ class PolicyStore(InvalidatedCache[KeyPolicy]):
         super().__init__(redis_url, SUBSCRIBER_NAME, "policy")
 
     async def lookup(self, key_hash: str) -> KeyPolicy | None:
-        policy = self._cache.get(key_hash)
-        if policy is not None:
-            return policy
-        generation = self._generation
+        return await self.get(key_hash)
+
+    async def _read(self, key_hash: str) -> KeyPolicy | None:
         try:
             raw = await self._redis.get(keyspace.key_policy(key_hash))
             if raw is None:
@@ -49,12 +48,10 @@ class PolicyStore(InvalidatedCache[KeyPolicy]):
         except REDIS_ERRORS as exc:
             raise gateway_unavailable() from exc
         try:
-            policy = KeyPolicy.from_json(raw)
+            return KeyPolicy.from_json(raw)
         except (orjson.JSONDecodeError, TypeError) as exc:
             log.error("unreadable key policy in Redis: %s", exc)
             raise gateway_unavailable() from exc
-        self._remember(key_hash, policy, generation)
-        return policy
 
     def _invalidate(self, message: bytes) -> None:
         """Drop the comma-separated key hashes of one invalidation message, or all for `*`."""

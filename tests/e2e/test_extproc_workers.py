@@ -56,7 +56,8 @@ async def test_concurrent_requests_are_decided_by_more_than_one_worker(
                     for _ in range(CONCURRENT_REQUESTS)
                 )
             )
-            assert [answer.status_code for answer in answers] == [200] * CONCURRENT_REQUESTS
+            refused = [answer.text for answer in answers if answer.status_code != 200]
+            assert not refused, f"{len(refused)} not answered 200, first: {refused[0]}"
 
     after = admitted_by_worker(metrics_dir)
     gained = {pid: count - before.get(pid, 0.0) for pid, count in after.items()}

@@ -70,6 +70,12 @@ def assert_ok(response: httpx.Response) -> None:
     assert response.status_code == 200, response.text
 
 
+def extproc_logs(gateway: FaultGateway) -> str:
+    """What the extproc workers logged: the operator's explanation of a 503."""
+    folder = Path(gateway.gateway.config["data_dir"]) / "logs"
+    return "".join(path.read_text() for path in folder.glob("extproc-*.log"))
+
+
 def answers_200(gateway: FaultGateway, key: str) -> bool:
     return chat(gateway, key).status_code == 200
 
@@ -110,6 +116,7 @@ def test_redis_down_fails_closed_at_once_and_recovers_by_itself(
             assert_unavailable(chat(gateway, key))
     finally:
         gateway.redis.start()
+    assert "Redis failed, requests refused with 503" in extproc_logs(gateway)
 
     assert eventually(lambda: answers_200(gateway, account["key"]), timeout=15)
     assert answers_200(gateway, parent.key)

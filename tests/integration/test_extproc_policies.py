@@ -8,6 +8,7 @@ import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +18,7 @@ from aigw.errors import GatewayError
 from aigw.keys import generate_key, hash_key
 from aigw.policy import KeyPolicy
 from extproc.policies import REDIS_TIMEOUT, SUBSCRIBER_NAME, PolicyStore
+from tests.faults import RedisServer
 
 POLICY = KeyPolicy(kind="sub_account", parent_id="acct_1", sub_account_id="sa_1", name="a")
 
@@ -180,3 +182,28 @@ async def test_without_the_subscription_nothing_is_cached(
         assert await store.lookup(key_hash) == changed
     finally:
         await store.close()
+
+
+async def test_a_burst_of_first_requests_from_one_key_reads_its_policy_once(
+    tmp_path: Path,
+) -> None:
+    """256 requests of a key that was never seen arrive together: all of them get its policy,
+    from one Redis read (redis-py would otherwise open one connection per request, and fail
+    the 101st)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = aioredis.from_url(server.url)
+    store = PolicyStore(server.url)
+    try:
+        await client.set(keyspace.PROJECTED_MARKER, "2026-11-27T10:00:00Z")
+        key_hash = hash_key(generate_key())
+        await put(client, key_hash, POLICY)
+        await client.config_resetstat()
+        found = await asyncio.gather(*(store.lookup(key_hash) for _ in range(256)))
+        assert found == [POLICY] * 256
+        stats = await client.info("commandstats")
+        assert stats["cmdstat_get"]["calls"] == 1
+    finally:
+        await store.close()
+        await client.aclose()
+        server.stop()

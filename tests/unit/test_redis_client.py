@@ -3,6 +3,7 @@ client each form gets, where a subscription may go; and the key layout's shard a
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import pytest
@@ -98,3 +99,16 @@ def test_an_owner_and_its_stream_share_the_shards_hash_tag() -> None:
     streams = keyspace.usage_streams()
     assert len(set(streams)) == keyspace.USAGE_SHARDS == 64
     assert keyspace.provider_keys("acct_1") == "aigw:{acct_1}:byok"  # unchanged by sharding
+
+
+async def test_more_concurrent_commands_than_pooled_connections_wait_instead_of_failing(
+    redis_server_url: str,
+) -> None:
+    client = connect(redis_server_url, socket_timeout=5, client_name="aigw-burst-test")
+    try:
+        answers = await asyncio.gather(*(client.ping() for _ in range(300)))
+        assert answers == [True] * 300
+        ours = [c for c in await client.client_list() if c["name"] == "aigw-burst-test"]
+        assert 1 <= len(ours) <= 100
+    finally:
+        await client.aclose()
