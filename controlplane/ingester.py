@@ -9,7 +9,10 @@ ARCHITECTURE.md, workers).
 Delivery is at least once; writing is idempotent, so every fact lands exactly once:
 - every shard's entries are read with XREADGROUP in that stream's consumer group `ingest`
   (`controlplane.usage_consumer`: groups, own pending entries, claims, acks — per shard), up to
-  `batch_size` of each shard at a time; when no shard has anything, the round waits `block_ms`;
+  `batch_size` of each shard at a time; when no shard has anything, the round waits `block_ms`,
+  and after a round of fewer than `batch_size` entries in all (the streams nearly drained) the
+  next one waits `gather_ms`, so that a steady flow is stored in batches of some size rather
+  than a few entries per transaction (the ledger lags by at most that much more);
 - one PostgreSQL transaction per batch inserts the ledger rows (ON CONFLICT (request_id) DO
   NOTHING), adds *only the rows actually inserted* to `usage_daily`, and inserts the events
   (ON CONFLICT (dedupe_key) DO NOTHING) and dead letters;
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 GROUP = keyspace.USAGE_CONSUMER_GROUP
 BATCH_SIZE = 500
 BLOCK_MS = 200
+GATHER_MS = 100
 CLAIM_IDLE_MS = 30_000
 ACQUIRE_TIMEOUT_S = 5.0
 BACKOFF_MIN_S = 0.1
@@ -169,6 +173,7 @@ class Ingester:
         consumer: str | None = None,
         batch_size: int = BATCH_SIZE,
         block_ms: int = BLOCK_MS,
+        gather_ms: int = GATHER_MS,
         claim_idle_ms: int = CLAIM_IDLE_MS,
         clock: Clock = utc_now,
     ) -> None:
@@ -182,6 +187,8 @@ class Ingester:
             claim_idle_ms,
         )
         self._block_s = block_ms / 1000
+        self._gather_s = gather_ms / 1000
+        self._batch_size = batch_size
         self._clock = clock
         self._stopping = asyncio.Event()
         self.stats = IngestStats()
@@ -197,7 +204,7 @@ class Ingester:
             if task is not None and task.cancelling():  # a cancel a library swallowed
                 raise asyncio.CancelledError
             try:
-                await self.run_once()
+                settled = await self.run_once()
             except Exception as exc:  # the worker must outlive any one failure
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -218,6 +225,9 @@ class Ingester:
                 log.info("usage ingester running again")
             failing = False
             delay = BACKOFF_MIN_S
+            if 0 < settled < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._gather_s)
 
     def stop(self) -> None:
         """Finish the current batch, then return from `run()`."""

@@ -2,7 +2,8 @@
 
 Scripts are `.lua` files beside this module (`_windows.lua` is the prelude of `admit.lua` and
 `settle.lua`), read with `importlib.resources` and registered once per store; each call is one
-EVALSHA, and a NOSCRIPT answer (a restarted Redis) reloads the script and retries once. Keys come
+EVALSHA, and a NOSCRIPT answer (a restarted Redis) reloads the script and retries once. Calls that
+arrive while another is in flight go to Redis together as one pipeline (`pipelining`). Keys come
 from `aigw.keyspace`; scripts take only KEYS and ARGV. Every Redis failure is raised as
 `LimitStoreUnavailable`, so the processor fails closed in one place. Every script's keys are of
 one owner and its usage shard, so one Redis Cluster slot (`aigw.keyspace`).
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 from aigw import keyspace
 from aigw.redis_client import REDIS_ERRORS, AsyncRedis
+from extproc.limits.pipelining import PipelinedScripts
 from extproc.limits.types import (
     AdmitRequest,
     AdmitResult,
@@ -71,6 +73,7 @@ class LimitStore:
         self._settle = redis.register_script(prelude + _source("settle.lua"))
         self._release = redis.register_script(_source("release.lua"))
         self._rebuild = redis.register_script(_source("rebuild.lua"))
+        self._scripts = PipelinedScripts(redis)
 
     async def load(self) -> None:
         """Load every script now (optional: the first call of each would otherwise)."""
@@ -85,6 +88,7 @@ class LimitStore:
         min_out = min(req.min_output_tokens, max_out)
         cap = req.cap_microcents
         reply = await self._call(
+            self._scripts.run,
             self._admit,
             (
                 keyspace.owner_state(owner),
@@ -146,6 +150,7 @@ class LimitStore:
             raise ValueError("the usage event must be a compact JSON object")
         owner, period = req.owner_id, req.period_id
         reply = await self._call(
+            self._scripts.run,
             self._settle,
             (
                 keyspace.owner_spend(owner, period),
@@ -178,6 +183,7 @@ class LimitStore:
     async def release(self, owner_id: str, request_id: str, period_id: str) -> bool:
         """Drop a reservation without counting anything; False if there was none."""
         reply = await self._call(
+            self._scripts.run,
             self._release,
             (
                 keyspace.owner_spend(owner_id, period_id),
@@ -204,6 +210,7 @@ class LimitStore:
         so that they do not fire again. `now_ms` (default: the clock) dates the hash's TTL.
         True if this call rebuilt it."""
         reply = await self._call(
+            self._scripts.run,
             self._rebuild,
             (keyspace.owner_state(owner_id), keyspace.owner_spend(owner_id, period_id)),
             (

@@ -1,0 +1,106 @@
+"""Script calls that overlap go to Redis as one pipeline (extproc.limits.pipelining), and each
+caller still gets exactly its own answer: its reply, its script's error, or Redis's failure.
+Against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from aigw.redis_client import connect
+from extproc.limits.pipelining import PipelinedScripts
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+FAIL_ON_BAD = (
+    "if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. KEYS[1]) end return 1"
+)
+COUNT = "return redis.call('INCR', KEYS[1])"
+
+
+NAME = "aigw-pipelining-test"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    redis = connect(redis_url, socket_timeout=5, client_name=NAME)
+    yield redis
+    await redis.aclose()
+
+
+async def test_overlapping_calls_each_get_their_own_reply_over_one_connection(
+    client: aioredis.Redis,
+) -> None:
+    """Without pipelining, 200 calls at once would take 100 connections (the pool's size) and
+    wait for them."""
+    scripts = PipelinedScripts(client)
+    echo = client.register_script(ECHO)
+    await echo(["warm"], ["up"])
+    replies = await asyncio.gather(
+        *(scripts.run(echo, [f"key-{i}"], [f"value-{i}"]) for i in range(200))
+    )
+    assert replies == [[f"key-{i}".encode(), f"value-{i}".encode()] for i in range(200)]
+    connections = [c for c in await client.client_list() if c["name"] == NAME]
+    assert len(connections) <= 2  # the first call's, and the pipeline's after it
+
+
+async def test_one_calls_script_error_is_its_own(client: aioredis.Redis) -> None:
+    scripts = PipelinedScripts(client)
+    checked = client.register_script(FAIL_ON_BAD)
+    await checked(["warm"], ["ok"])
+    outcomes = await asyncio.gather(
+        *(scripts.run(checked, [f"k{i}"], ["bad" if i == 7 else "ok"]) for i in range(20)),
+        return_exceptions=True,
+    )
+    assert [o for i, o in enumerate(outcomes) if i != 7] == [1] * 19
+    assert isinstance(outcomes[7], ResponseError)
+    assert "refused k7" in str(outcomes[7])
+
+
+async def test_a_script_flushed_from_redis_is_loaded_again(client: aioredis.Redis) -> None:
+    scripts = PipelinedScripts(client)
+    count = client.register_script(COUNT)
+    await client.delete("pipelined-counter")
+    await scripts.run(count, ["pipelined-counter"], [])
+    await client.script_flush()  # as after a restart of Redis: NOSCRIPT for every call
+    replies = await asyncio.gather(
+        *(scripts.run(count, ["pipelined-counter"], []) for _ in range(50))
+    )
+    assert sorted(replies) == list(range(2, 52))  # each ran exactly once
+    assert int(await client.get("pipelined-counter")) == 51
+
+
+async def test_a_cancelled_caller_waiting_in_the_queue_is_never_sent(
+    client: aioredis.Redis,
+) -> None:
+    scripts = PipelinedScripts(client)
+    count = client.register_script(COUNT)
+    await client.delete("cancelled-counter")
+    first = asyncio.create_task(scripts.run(count, ["cancelled-counter"], []))
+    await asyncio.sleep(0)  # first is in flight: the next ones queue
+    queued = [asyncio.create_task(scripts.run(count, ["cancelled-counter"], [])) for _ in range(5)]
+    await asyncio.sleep(0)
+    queued[2].cancel()
+    await asyncio.gather(first, *queued, return_exceptions=True)
+    assert queued[2].cancelled()
+    assert int(await client.get("cancelled-counter")) == 5
+
+
+async def test_redis_gone_fails_every_overlapping_call_and_none_hangs() -> None:
+    with_nothing = connect("redis://127.0.0.1:1/0", socket_timeout=0.5, socket_connect_timeout=0.5)
+    scripts = PipelinedScripts(with_nothing)
+    echo = with_nothing.register_script(ECHO)
+    try:
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(scripts.run(echo, ["k"], ["v"]) for _ in range(30)), return_exceptions=True
+            ),
+            timeout=10,
+        )
+    finally:
+        await with_nothing.aclose()
+    assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes), outcomes
