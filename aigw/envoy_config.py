@@ -64,6 +64,12 @@ from aigw._envoy_local_reply import (
     envelope,
     request_id_header,
 )
+from aigw._envoy_metadata import (
+    ext_proc_metadata_options,
+    request_metadata_filter,
+    response_headers_from_metadata,
+    response_metadata_filter,
+)
 from aigw.config import ConfigError, GatewayConfig, ProviderConfig
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -122,11 +128,10 @@ def build_envoy_config(config: GatewayConfig) -> dict[str, Any]:
     bootstrap.static_resources.clusters.extend(build_clusters(config))
     # Through JSON text: MessageToDict returns OrderedDicts for packed messages.
     result = orjson.loads(json_format.MessageToJson(bootstrap, preserving_proto_field_name=True))
-    # Two defaults that JSON leaves out, spelled out for whoever reads `aigw envoy-config`.
+    # A default that JSON leaves out, spelled out for whoever reads `aigw envoy-config`.
     manager = result["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    ext_proc = manager["typed_config"]["http_filters"][0]["typed_config"]
+    ext_proc = manager["typed_config"]["http_filters"][1]["typed_config"]
     ext_proc["failure_mode_allow"] = False
-    ext_proc["processing_mode"]["response_body_mode"] = "NONE"
     return dict(result)
 
 
@@ -160,7 +165,9 @@ def _listener(config: GatewayConfig) -> Listener:
         route_config=_route_config(config),
         local_reply_config=build_local_reply_config(config.max_request_bytes),
         http_filters=[
+            request_metadata_filter(),
             HttpFilter(name=EXT_PROC_FILTER, typed_config=pack(_ext_proc())),
+            response_metadata_filter(),
             HttpFilter(
                 name="envoy.filters.http.router",
                 typed_config=pack(Router(suppress_envoy_headers=True)),
@@ -191,14 +198,17 @@ def _ext_proc() -> ExternalProcessor:
         failure_mode_allow=False,  # fail closed: a dead processor must never skip auth
         allow_mode_override=True,
         message_timeout=seconds(EXT_PROC_MESSAGE_TIMEOUT_S),
+        # The request-headers reply chooses the response-body mode (extproc.messages); streamed
+        # is for a request that got none (no body, not JSON).
         processing_mode=ProcessingMode(
             request_header_mode=ProcessingMode.SEND,
             request_body_mode=ProcessingMode.BUFFERED,
-            response_header_mode=ProcessingMode.SEND,
-            response_body_mode=ProcessingMode.NONE,
+            response_header_mode=ProcessingMode.SKIP,
+            response_body_mode=ProcessingMode.STREAMED,
             request_trailer_mode=ProcessingMode.SKIP,
             response_trailer_mode=ProcessingMode.SKIP,
         ),
+        metadata_options=ext_proc_metadata_options(),
         mutation_rules=HeaderMutationRules(
             allow_expression=RegexMatcher(regex=_PROCESSOR_HEADERS),
             disallow_is_error=wrappers_pb2.BoolValue(value=True),
@@ -218,7 +228,7 @@ def _route_config(config: GatewayConfig) -> RouteConfiguration:
         name="aigw",
         domains=["*"],
         routes=routes,
-        response_headers_to_add=[request_id_header()],
+        response_headers_to_add=[request_id_header(), *response_headers_from_metadata()],
     )
     return RouteConfiguration(name="aigw", virtual_hosts=[host])
 

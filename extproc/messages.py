@@ -8,8 +8,6 @@ Each phase has its own reply type (ENVOY-NOTES #2); an `ImmediateResponse` ends 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
@@ -31,7 +29,6 @@ ADD_IF_ABSENT = HeaderValueOption.ADD_IF_ABSENT
 REQUEST_ID_HEADER = "x-aig-request-id"
 _JSON = b"application/json"
 
-CONTINUE_REQUEST_HEADERS = ProcessingResponse(request_headers=HeadersResponse())
 CONTINUE_RESPONSE_HEADERS = ProcessingResponse(response_headers=HeadersResponse())
 CONTINUE_RESPONSE_BODY = ProcessingResponse(response_body=BodyResponse())
 CONTINUE_REQUEST_TRAILERS = ProcessingResponse(request_trailers=TrailersResponse())
@@ -40,11 +37,12 @@ CONTINUE_RESPONSE_TRAILERS = ProcessingResponse(response_trailers=TrailersRespon
 
 def _mode(response_body: int) -> ProcessingMode:
     """The whole processing mode with one response-body mode: an override replaces every field,
-    so the others repeat the filter's configuration (ENVOY-NOTES #13)."""
+    so the others repeat the filter's configuration (ENVOY-NOTES #13). Response headers are never
+    sent: what extproc needs of them comes as metadata (`aigw.processing_metadata`)."""
     return ProcessingMode(
         request_header_mode=ProcessingMode.SEND,
         request_body_mode=ProcessingMode.BUFFERED,
-        response_header_mode=ProcessingMode.SEND,
+        response_header_mode=ProcessingMode.SKIP,
         response_body_mode=response_body,
         request_trailer_mode=ProcessingMode.SKIP,
         response_trailer_mode=ProcessingMode.SKIP,
@@ -52,8 +50,9 @@ def _mode(response_body: int) -> ProcessingMode:
 
 
 STREAMED_BODY = _mode(ProcessingMode.STREAMED)
+"""The response body in one message per upstream read, and an empty last one."""
 BUFFERED_BODY = _mode(ProcessingMode.BUFFERED)
-NO_BODY = _mode(ProcessingMode.NONE)
+"""The whole response body in one message (a non-streamed answer)."""
 
 
 def header(key: str, value: str | bytes, action: int = OVERWRITE) -> HeaderValueOption:
@@ -62,12 +61,24 @@ def header(key: str, value: str | bytes, action: int = OVERWRITE) -> HeaderValue
     return HeaderValueOption(header=HeaderValue(key=key, raw_value=raw), append_action=action)
 
 
-def remove_request_headers(names: Iterable[str]) -> ProcessingResponse:
-    """The request-headers reply that drops the named headers and lets the request go on."""
-    mutation = HeaderMutation(remove_headers=names)
+def continue_request_headers(remove: list[str], buffered: bool) -> ProcessingResponse:
+    """The request-headers reply that drops the named headers, lets the request go on, and
+    says how the response body will reach the processor: whole (`buffered`) or streamed."""
+    if not remove:
+        return _CONTINUE_BUFFERED if buffered else _CONTINUE_STREAMED
+    mutation = HeaderMutation(remove_headers=remove)
     return ProcessingResponse(
-        request_headers=HeadersResponse(response=CommonResponse(header_mutation=mutation))
+        request_headers=HeadersResponse(response=CommonResponse(header_mutation=mutation)),
+        mode_override=BUFFERED_BODY if buffered else STREAMED_BODY,
     )
+
+
+_CONTINUE_BUFFERED = ProcessingResponse(
+    request_headers=HeadersResponse(), mode_override=BUFFERED_BODY
+)
+_CONTINUE_STREAMED = ProcessingResponse(
+    request_headers=HeadersResponse(), mode_override=STREAMED_BODY
+)
 
 
 def immediate_response(
@@ -91,17 +102,6 @@ def error_response(error: GatewayError, request_id: str) -> ProcessingResponse:
     """The one place a `GatewayError` becomes what the client sees: the OpenAI error envelope."""
     return immediate_response(
         error.status, error.body_bytes(), request_id, f"aigw_{error.code}", error.headers
-    )
-
-
-def response_headers_reply(
-    headers: dict[str, str], body_mode: ProcessingMode
-) -> ProcessingResponse:
-    """Add `headers` to the client's response and choose how its body reaches the processor."""
-    mutation = HeaderMutation(set_headers=[header(key, value) for key, value in headers.items()])
-    return ProcessingResponse(
-        response_headers=HeadersResponse(response=CommonResponse(header_mutation=mutation)),
-        mode_override=body_mode,
     )
 
 

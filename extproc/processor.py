@@ -1,17 +1,19 @@
 """One ext_proc stream is one HTTP request: a `Processor` per stream, one method per phase.
 
 - request headers: match the endpoint, drop client-sent `x-aig-*` headers (reading the request's
-  own tags from `x-aig-tags` first, see `request_tags`), authenticate the gateway key (401
-  before the body is read); GET /v1/models is answered here.
+  own tags from `x-aig-tags` first, see `request_tags`), authenticate the gateway key (401);
+  GET /v1/models is answered here. The reply chooses how the response body will reach us: whole
+  in one message for a non-streamed answer (Envoy read the body's `stream` field for us, see
+  `aigw.processing_metadata`), streamed otherwise.
 - request body (buffered): parse the JSON once, resolve and check the model, admit (rate limits
   and spend cap, see `admission`), ask for streamed usage, then send the request on to its
-  provider with the provider's auth (see `upstreams`).
-- response headers: note the status; choose how the body reaches us (streamed for SSE and
-  bodies of unknown length, buffered otherwise); add the rate-limit, clamp and `x-aig-byok`
-  headers.
-- response body: meter it (see `metering`), strip the usage chunk the client did not ask for,
-  and settle at its end (in the background: the client's answer does not wait for Redis);
-  `on_stream_closed` settles a request whose stream was cut off.
+  provider with the provider's auth (see `upstreams`), with the rate-limit, clamp and
+  `x-aig-byok` headers that Envoy adds to the response.
+- response headers: never sent to us; Envoy passes their status and content type as metadata.
+- response body: on its first message note the status and pick the meter (SSE or JSON); meter
+  it (see `metering`), strip the usage chunk the client did not ask for, and settle at its end
+  (in the background: the client's answer does not wait for Redis); `on_stream_closed` settles
+  a request whose stream was cut off.
 
 Phase methods raise `GatewayError`; the server turns it into the client's answer.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from envoy.config.core.v3.base_pb2 import Metadata
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
     HttpHeaders,
@@ -31,34 +34,35 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from aigw.errors import invalid_api_key, invalid_request, model_not_allowed, provider_not_configured
 from aigw.keys import hash_key, looks_like_key
 from aigw.policy import KeyPolicy
+from aigw.processing_metadata import (
+    BYOK_HEADER,
+    CLAMP_HEADER,
+    CONTENT_TYPE_KEY,
+    REQUEST_NAMESPACE,
+    RESPONSE_NAMESPACE,
+    STATUS_KEY,
+    STREAM_KEY,
+)
 from extproc.admission import Ticket
 from extproc.endpoints import Endpoint, match_endpoint
 from extproc.gateway import Gateway
 from extproc.messages import (
-    BUFFERED_BODY,
-    CONTINUE_REQUEST_HEADERS,
     CONTINUE_REQUEST_TRAILERS,
     CONTINUE_RESPONSE_BODY,
     CONTINUE_RESPONSE_HEADERS,
     CONTINUE_RESPONSE_TRAILERS,
-    NO_BODY,
-    STREAMED_BODY,
+    continue_request_headers,
     immediate_response,
-    remove_request_headers,
     replace_response_body,
-    response_headers_reply,
 )
 from extproc.metering import ChatStreamRewriter, Usage, UsageParser, parser_for
 from extproc.request_tags import TAGS_HEADER, parse_tags_header, request_tags
 from extproc.request_types import check_field_types
 from extproc.settlement import Outcome, RequestFacts, settle_request
-from extproc.upstreams import with_body
+from extproc.upstreams import forward_request
 
 _GATEWAY_HEADER_PREFIX = "x-aig-"
 _ANTHROPIC = "anthropic"
-_CLAMP_HEADER = "x-aig-max-tokens-clamped"
-_BYOK_HEADER = "x-aig-byok"
-_BUFFERED_BODY_LIMIT = 4 * 1024 * 1024
 _METERING_API = {
     Endpoint.CHAT_COMPLETIONS: "openai_chat",
     Endpoint.COMPLETIONS: "openai_completions",
@@ -67,6 +71,11 @@ _METERING_API = {
     Endpoint.MESSAGES: "anthropic_messages",
 }
 _REWRITABLE_STREAMS = (Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS)
+# Answers of bounded size, taken whole when not streamed (an embeddings answer can be larger
+# than any buffer: always streamed).
+_WHOLE_ANSWERS = frozenset(
+    (Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES)
+)
 _JSON_TYPES = {dict: "an object", list: "an array", bool: "a boolean", type(None): "null"}
 
 
@@ -84,6 +93,7 @@ class Processor:
         "_strip_usage",
         "_tags",
         "_ticket",
+        "metadata",
         "request_id",
     )
 
@@ -93,6 +103,8 @@ class Processor:
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
+        self.metadata = Metadata()
+        """What Envoy forwarded with the current message (the server sets it)."""
         self.request_id = ""
         self._content_length = False
         self._ticket: Ticket | None = None
@@ -136,7 +148,7 @@ class Processor:
         self._tags = parse_tags_header(tag_values)
         self._endpoint = endpoint
         self._policy = policy
-        return remove_request_headers(foreign) if foreign else CONTINUE_REQUEST_HEADERS
+        return continue_request_headers(foreign, self._answer_is_whole(endpoint))
 
     async def request_body(self, message: HttpBody) -> ProcessingResponse:
         body = _parse_body(message.body)
@@ -184,43 +196,25 @@ class Processor:
         if route.upstream_model != requested:
             body["model"] = route.upstream_model
             changed = True
+        added = dict(ticket.rate_headers)
+        added[BYOK_HEADER] = "true" if byok else "false"
+        if ticket.clamped:
+            added[CLAMP_HEADER] = str(ticket.output_tokens)
         if not changed:
-            return forward
-        return with_body(forward, orjson.dumps(body), self._content_length)
+            return forward_request(forward, added)
+        return forward_request(forward, added, orjson.dumps(body), self._content_length)
 
     async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        ticket = self._ticket
-        if ticket is None:
-            return CONTINUE_RESPONSE_HEADERS
-        content_type = b""
-        length = -1
-        for entry in message.headers.headers:
-            name = entry.key
-            if name == ":status":
-                self._status = int(entry.raw_value or b"0")
-            elif name == "content-type":
-                content_type = entry.raw_value
-            elif name == "content-length":
-                length = int(entry.raw_value or b"-1")
-        added = dict(ticket.rate_headers)
-        added[_BYOK_HEADER] = "true" if self._facts.byok else "false"
-        if ticket.clamped:
-            added[_CLAMP_HEADER] = str(ticket.output_tokens)
-        if self._status >= 400 or message.end_of_stream:
-            self._settle(Usage(), aborted=False)
-            return response_headers_reply(added, NO_BODY)
-        sse = content_type.startswith(b"text/event-stream")
-        if sse and self._endpoint in _REWRITABLE_STREAMS:
-            self._meter = ChatStreamRewriter(self._strip_usage)
-        else:
-            self._meter = parser_for(_METERING_API[self._endpoint], sse)
-        buffered = not sse and 0 <= length <= _BUFFERED_BODY_LIMIT
-        return response_headers_reply(added, BUFFERED_BODY if buffered else STREAMED_BODY)
+        return CONTINUE_RESPONSE_HEADERS
 
     async def response_body(self, message: HttpBody) -> ProcessingResponse:
         meter = self._meter
         if meter is None:
-            return CONTINUE_RESPONSE_BODY
+            if self._ticket is None:
+                return CONTINUE_RESPONSE_BODY
+            meter = self._start_metering()
+            if meter is None:
+                return CONTINUE_RESPONSE_BODY
         chunk = message.body
         if isinstance(meter, ChatStreamRewriter):
             out = meter.feed(chunk)
@@ -239,6 +233,36 @@ class Processor:
 
     async def response_trailers(self, message: HttpTrailers) -> ProcessingResponse:
         return CONTINUE_RESPONSE_TRAILERS
+
+    def _start_metering(self) -> UsageParser | ChatStreamRewriter | None:
+        """On the response's first body message: its status and content type (metadata from
+        Envoy); an error answer is settled at once (nothing to meter), else the meter."""
+        response = self.metadata.filter_metadata.get(RESPONSE_NAMESPACE)
+        fields = {} if response is None else response.fields
+        status = fields[STATUS_KEY].string_value if STATUS_KEY in fields else ""
+        self._status = int(status) if status.isdigit() else 0
+        if self._status >= 400:
+            self._settle(Usage(), aborted=False)
+            return None
+        content_type = fields[CONTENT_TYPE_KEY].string_value if CONTENT_TYPE_KEY in fields else ""
+        sse = content_type.startswith("text/event-stream")
+        if sse and self._endpoint in _REWRITABLE_STREAMS:
+            self._meter = ChatStreamRewriter(self._strip_usage)
+        else:
+            self._meter = parser_for(_METERING_API[self._endpoint], sse)
+        return self._meter
+
+    def _answer_is_whole(self, endpoint: Endpoint) -> bool:
+        """Whether the answer to this request comes in one buffered message: of bounded size,
+        and not streamed per the body's `stream` field as Envoy read it (false when absent;
+        nothing read — not JSON — counts as streamed, which meters either kind)."""
+        if endpoint not in _WHOLE_ANSWERS:
+            return False
+        request = self.metadata.filter_metadata.get(REQUEST_NAMESPACE)
+        if request is None or STREAM_KEY not in request.fields:
+            return False
+        stream = request.fields[STREAM_KEY]
+        return stream.WhichOneof("kind") == "bool_value" and not stream.bool_value
 
     def on_stream_closed(self) -> None:
         """Called exactly once when the stream ends, however it ends (completed, reset by Envoy,

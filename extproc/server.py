@@ -1,8 +1,9 @@
 """The gRPC side: Envoy's `ExternalProcessor.Process` stream, one `Processor` per stream.
 
-The loop only reads a message, dispatches on its `oneof` to the processor's phase method of the
-same name and sends the answer; a `GatewayError` from a phase becomes an immediate response here,
-the one place that happens. `Processor.on_stream_closed` runs on every way out of the stream.
+The loop only reads a message, hands the processor the metadata Envoy forwarded with it,
+dispatches on its `oneof` to the processor's phase method of the same name and sends the
+answer; a `GatewayError` from a phase becomes an immediate response here, the one place that
+happens. `Processor.on_stream_closed` runs on every way out of the stream.
 The request phases also count the request's decision and time it (`extproc.metrics`), and the
 stream's request id is put in scope for every log line (`aigw.logs.REQUEST_ID`).
 """
@@ -46,6 +47,7 @@ class ExternalProcessor(ExternalProcessorServicer):
                 if phase not in _REQUEST_PHASES:
                     yield await respond(processor, request)
                     continue
+                processor.metadata = request.metadata_context
                 started = perf_counter()
                 try:
                     answer = await getattr(processor, phase)(getattr(request, phase))
@@ -75,6 +77,7 @@ async def respond(processor: Processor, request: ProcessingRequest) -> Processin
     """The answer to one message: the phase method of the same name as the message's `oneof`,
     or the client's error answer when the phase raised `GatewayError`."""
     phase = request.WhichOneof("request")
+    processor.metadata = request.metadata_context
     try:
         return await getattr(processor, phase)(getattr(request, phase))
     except GatewayError as error:

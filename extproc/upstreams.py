@@ -3,7 +3,8 @@
 The reply sets `x-aig-provider` (Envoy routes on it, so the route cache is cleared: ENVOY-NOTES
 #3), drops the client's gateway key and sets the provider's own auth: `authorization: Bearer`,
 or `x-api-key` plus `anthropic-version` when the client sent none. A rewritten body also needs
-its new `content-length` in the same reply, or Envoy answers 500 (ENVOY-NOTES #14).
+its new `content-length` in the same reply, or Envoy answers 500 (ENVOY-NOTES #14). Each request's
+copy also carries the response headers Envoy adds for it (rate limits, BYOK, clamp) as metadata.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from aigw.config import ProviderConfig
+from aigw.processing_metadata import HEADERS_NAMESPACE
 from extproc.messages import ADD_IF_ABSENT, header
 
 PROVIDER_HEADER = "x-aig-provider"
@@ -33,16 +35,22 @@ class Upstream:
     forward: ProcessingResponse | None = field(repr=False)
 
 
-def with_body(
-    forward: ProcessingResponse, body: bytes, set_content_length: bool
+def forward_request(
+    forward: ProcessingResponse,
+    response_headers: dict[str, str],
+    body: bytes | None = None,
+    set_content_length: bool = False,
 ) -> ProcessingResponse:
-    """A `forward` reply that also replaces the request body."""
+    """A copy of `forward` that also emits the headers Envoy is to add to the client's response
+    (`aigw.processing_metadata`) and, unless `body` is None, replaces the request body."""
     reply = ProcessingResponse()
     reply.CopyFrom(forward)
-    common = reply.request_body.response
-    common.body_mutation.body = body
-    if set_content_length:
-        common.header_mutation.set_headers.append(header("content-length", str(len(body))))
+    reply.dynamic_metadata.update({HEADERS_NAMESPACE: response_headers})
+    if body is not None:
+        common = reply.request_body.response
+        common.body_mutation.body = body
+        if set_content_length:
+            common.header_mutation.set_headers.append(header("content-length", str(len(body))))
     return reply
 
 

@@ -263,3 +263,28 @@ def test_provider_errors_pass_through_with_their_status(e2e: E2E, parent: Parent
         )
     assert raised.value.status_code == 500
     assert raised.value.response.headers["x-aig-request-id"]
+
+
+def _ext_proc_messages(e2e: E2E) -> int:
+    """How many messages Envoy has sent to extproc so far (its admin stats)."""
+    port = e2e.gateway.config["server"]["envoy_admin_port"]
+    stats = httpx.get(
+        f"http://127.0.0.1:{port}/stats", params={"filter": "ext_proc.stream_msgs_sent$"}
+    )
+    return sum(int(line.rpartition(": ")[2]) for line in stats.text.splitlines() if line)
+
+
+def test_a_non_streamed_answer_costs_three_ext_proc_messages(e2e: E2E, parent: Parent) -> None:
+    """Request headers, request body, the whole answer: the response headers never go to
+    extproc (Envoy hands their status and type over as metadata) and the answer comes in one
+    message, chosen before it arrives from the request's `stream` field (bench/README.md)."""
+    key = parent.create_sub_account(allowed_models=["openai/*"])["key"]
+    client = e2e.openai(key)
+    client.chat.completions.create(model="openai/gpt-5.4-mini", messages=MESSAGES)
+    before = _ext_proc_messages(e2e)
+    completion = client.chat.completions.with_raw_response.create(
+        model="openai/gpt-5.4-mini", messages=MESSAGES
+    )
+    assert _ext_proc_messages(e2e) - before == 3
+    assert completion.headers["x-aig-byok"] == "false"
+    assert completion.parse().usage.total_tokens > 0

@@ -140,8 +140,10 @@ def test_control_plane_routes_skip_ext_proc_and_keep_their_segments() -> None:
 def test_ext_proc_filter_fails_closed_with_the_agreed_modes() -> None:
     bootstrap = build_envoy_config(_config(ep=50555))
     manager = _manager(bootstrap)
-    ext_proc_filter, router = manager["http_filters"]
+    request_metadata, ext_proc_filter, response_metadata, router = manager["http_filters"]
+    assert request_metadata["name"] == "envoy.filters.http.json_to_metadata"
     assert ext_proc_filter["name"] == EXT_PROC_FILTER
+    assert response_metadata["name"] == "envoy.filters.http.header_to_metadata"
     assert router["name"] == "envoy.filters.http.router"
     ext_proc = ext_proc_filter["typed_config"]
     assert ext_proc["failure_mode_allow"] is False
@@ -150,10 +152,14 @@ def test_ext_proc_filter_fails_closed_with_the_agreed_modes() -> None:
     assert ext_proc["processing_mode"] == {
         "request_header_mode": "SEND",
         "request_body_mode": "BUFFERED",
-        "response_header_mode": "SEND",
-        "response_body_mode": "NONE",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "STREAMED",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
+    }
+    assert ext_proc["metadata_options"] == {
+        "forwarding_namespaces": {"untyped": ["aigw.request", "aigw.response"]},
+        "receiving_namespaces": {"untyped": ["aigw"]},
     }
     extproc = _cluster(bootstrap, "extproc")
     endpoint = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
@@ -221,6 +227,8 @@ class _FakeProcessor(ext_grpc.ExternalProcessorServicer):
                 yield ext_pb.ProcessingResponse(request_body=ext_pb.BodyResponse(response=common))
             elif phase == "response_headers":
                 yield ext_pb.ProcessingResponse(response_headers=ext_pb.HeadersResponse())
+            elif phase == "response_body":
+                yield ext_pb.ProcessingResponse(response_body=ext_pb.BodyResponse())
 
 
 def _immediate(status: int) -> Any:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
     HttpHeaders,
@@ -89,15 +90,23 @@ async def key(redis_url: str) -> str:
 
 
 def request_headers(
-    method: str, path: str, headers: dict[str, str], end_of_stream: bool = False
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    end_of_stream: bool = False,
+    metadata: dict[str, dict[str, Any]] | None = None,
 ) -> ProcessingRequest:
+    """What Envoy sends, with the dynamic metadata it forwards (aigw.processing_metadata)."""
     entries = {":method": method, ":path": path, "x-request-id": REQUEST_ID, **headers}
     header_map = HeaderMap(
         headers=[HeaderValue(key=name, raw_value=value.encode()) for name, value in entries.items()]
     )
-    return ProcessingRequest(
+    request = ProcessingRequest(
         request_headers=HttpHeaders(headers=header_map, end_of_stream=end_of_stream)
     )
+    for namespace, values in (metadata or {}).items():
+        request.metadata_context.filter_metadata[namespace].update(values)
+    return request
 
 
 def request_body(body: Any) -> ProcessingRequest:
@@ -244,6 +253,47 @@ async def test_client_sent_gateway_headers_are_removed(gateway: Gateway, key: st
     )
     removed = response.request_headers.response.header_mutation.remove_headers
     assert set(removed) == {"x-aig-provider", "x-aig-anything"}
+
+
+@pytest.mark.parametrize(
+    ("path", "stream", "whole"),
+    [
+        ("/v1/chat/completions", False, True),
+        ("/v1/messages", False, True),
+        ("/v1/responses", False, True),
+        ("/v1/chat/completions", True, False),
+        ("/v1/embeddings", False, False),  # an answer can outgrow any buffer
+        ("/v1/chat/completions", None, False),  # Envoy read no JSON: streamed meters either kind
+    ],
+)
+async def test_the_request_headers_reply_chooses_how_the_answer_arrives(
+    gateway: Gateway, key: str, path: str, stream: bool | None, whole: bool
+) -> None:
+    metadata = {} if stream is None else {"aigw.request": {"stream": stream}}
+    response = await respond(
+        Processor(gateway), request_headers("POST", path, bearer(key), metadata=metadata)
+    )
+    mode = response.mode_override
+    assert mode.response_header_mode == ProcessingMode.SKIP
+    assert mode.request_body_mode == ProcessingMode.BUFFERED
+    expected = ProcessingMode.BUFFERED if whole else ProcessingMode.STREAMED
+    assert mode.response_body_mode == expected
+
+
+async def test_an_error_answer_passes_through_untouched(gateway: Gateway, key: str) -> None:
+    processor = Processor(gateway)
+    await respond(processor, request_headers("POST", "/v1/chat/completions", bearer(key)))
+    sent = await respond(processor, request_body({"model": "openai/gpt-5.4-mini"}))
+    assert sent.dynamic_metadata["aigw"]["x-aig-byok"] == "false"
+    answer = ProcessingRequest(
+        response_body=HttpBody(body=b'{"error": {"message": "slow down"}}', end_of_stream=True)
+    )
+    answer.metadata_context.filter_metadata["aigw.response"].update(
+        {"status": "429", "content_type": "application/json"}
+    )
+    reply = await respond(processor, answer)
+    assert reply.WhichOneof("response") == "response_body"
+    assert not reply.response_body.HasField("response")
 
 
 async def test_post_without_a_body_is_400(gateway: Gateway, key: str) -> None:

@@ -1,0 +1,39 @@
+"""What Envoy and extproc pass each other as dynamic metadata, named once for both sides.
+
+Envoy copies, for extproc to read with the messages of a request (ext_proc's forwarding
+namespaces; `aigw.envoy_config`):
+- `aigw.request` / `stream`: the request body's `stream` field, read by Envoy's `json_to_metadata`
+  filter before the request reaches extproc, so that the request-headers reply can already choose
+  how the response body is sent (buffered in one message, or streamed);
+- `aigw.response` / `status`, `content_type`: the response's `:status` and `content-type`, copied
+  by Envoy's `header_to_metadata` filter, so that no response-headers message is needed.
+
+extproc emits, from its request-body reply, `aigw` / one entry per response header of
+`RESPONSE_HEADERS`; Envoy adds each one present to the client's response (its value
+`%DYNAMIC_METADATA(aigw:<name>)%`; an absent one adds nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+REQUEST_NAMESPACE: Final = "aigw.request"
+STREAM_KEY: Final = "stream"
+RESPONSE_NAMESPACE: Final = "aigw.response"
+STATUS_KEY: Final = "status"
+CONTENT_TYPE_KEY: Final = "content_type"
+HEADERS_NAMESPACE: Final = "aigw"
+
+BYOK_HEADER: Final = "x-aig-byok"
+CLAMP_HEADER: Final = "x-aig-max-tokens-clamped"
+RESPONSE_HEADERS: Final = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    BYOK_HEADER,
+    CLAMP_HEADER,
+)
+"""Every header extproc may add to a response that went to the provider."""
