@@ -37,12 +37,10 @@ async def authenticate(request: Request, ctx: ContextDep) -> Caller:
     if not looks_like_key(key):
         raise invalid_api_key("Invalid API key: aigw keys start with 'sk-aig-'.")
     now = ctx.clock()
-    record = await store.find_key(ctx.pool, hash_key(key))
-    if record is None or not record.live_at(now):
+    found = await store.find_key_and_parent(ctx.pool, hash_key(key))
+    if found is None or not found[0].live_at(now):
         raise invalid_api_key("Invalid API key: unknown, revoked, expired or rotated out.")
-    parent = await store.get_parent(ctx.pool, record.parent_id)
-    if parent is None:
-        raise invalid_api_key()
+    record, parent = found
     if record.sub_account_id is None:
         return Caller(parent, None)
     sub = await store.get_sub_account(ctx.pool, record.sub_account_id)

@@ -72,13 +72,10 @@ async def find_session(pool: asyncpg.Pool, token: str, now: datetime) -> Session
     )
     if row is None:
         return None
-    key = await store.find_key(pool, row["key_hash"])
-    if key is None or not key.live_at(now):
+    found = await store.find_key_and_parent(pool, row["key_hash"])
+    if found is None or not found[0].live_at(now) or found[1].id != row["parent_id"]:
         return None
-    parent = await store.get_parent(pool, row["parent_id"])
-    if parent is None:
-        return None
-    return Session(parent, row["expires_at"])
+    return Session(found[1], row["expires_at"])
 
 
 async def close_session(pool: asyncpg.Pool, token: str) -> None:
