@@ -6,26 +6,33 @@
   every connection and refuse new ones, then come back on the same port.
 - `fault_gateway`: a whole `aigw up` (Envoy, extproc workers, control plane) on a database of
   its own reached through a `TcpProxy` and on its own `RedisServer`.
+- `fault_fixtures`: the fixtures of a fault test module: its database, its gateway (2 extproc
+  workers) and a parent account per test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from aigw.embedded import free_port
-from tests.e2e.harness import Gateway, start_gateway, write_config
+from tests.conftest import own_database
+from tests.e2e.conftest import Parent
+from tests.e2e.harness import Gateway, MockProvider, start_gateway, write_config
 
 REDIS_SERVER = "/usr/bin/redis-server"
 _START_TIMEOUT_S = 20.0
@@ -213,3 +220,34 @@ def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
         return True
     return False
+
+
+def fault_fixtures(name: str) -> tuple[Any, Any, Any]:
+    """Module-scoped `fault_database` and `gateway`, and `parent` per test, for a fault test
+    module (`name` tells its database and folder apart); assign them to those three names."""
+
+    @pytest.fixture(scope="module", name="fault_database")
+    async def fault_database(database_url: str) -> AsyncIterator[str]:
+        async with own_database(database_url, f"aigw_faults_{name}_{os.getpid()}") as url:
+            yield url
+
+    @pytest.fixture(scope="module", name="gateway")
+    def gateway(
+        tmp_path_factory: pytest.TempPathFactory, mock_provider: MockProvider, fault_database: str
+    ) -> Iterator[FaultGateway]:
+        folder = Path(tmp_path_factory.mktemp(f"faults-{name}"))
+        with fault_gateway(
+            folder, mock_provider.url, fault_database, "--extproc-workers", "2"
+        ) as running:
+            yield running
+
+    @pytest.fixture(name="parent")
+    async def parent(gateway: FaultGateway) -> Parent:
+        from controlplane.accounts import create_parent_account
+
+        account_id, key = await create_parent_account(
+            gateway.database_url, "acme", gateway.redis.url
+        )
+        return Parent(account_id, key, gateway.base_url)
+
+    return fault_database, gateway, parent

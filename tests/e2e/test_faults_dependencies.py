@@ -5,20 +5,16 @@ asserts what a client sees and that nothing paid for or metered is lost (docs/fa
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
-from tests.conftest import own_database
 from tests.e2e.conftest import Parent
-from tests.e2e.harness import MockProvider, eventually
-from tests.faults import FaultGateway, fault_gateway
+from tests.e2e.harness import eventually
+from tests.faults import FaultGateway, fault_fixtures
 
 PRICEY = "openai/gpt-test-pricey"  # input $10 / output $100 per million tokens (test config)
 CHEAP = "openai/gpt-5.4-mini"
@@ -27,27 +23,7 @@ FULL_OUTPUT = {"x-mock-chunks": "1000"}  # the mock writes until max_tokens
 CLIENT_TIMEOUT_S = 10.0  # a request that is not answered within this counts as a hang
 
 
-@pytest.fixture(scope="module")
-async def fault_database(database_url: str) -> AsyncIterator[str]:
-    async with own_database(database_url, f"aigw_faults_deps_{os.getpid()}") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, mock_provider: MockProvider, fault_database: str
-) -> Iterator[FaultGateway]:
-    folder = Path(tmp_path_factory.mktemp("faults-deps"))
-    with fault_gateway(folder, mock_provider.url, fault_database, "--extproc-workers", "2") as gw:
-        yield gw
-
-
-@pytest.fixture
-async def parent(gateway: FaultGateway) -> Parent:
-    from controlplane.accounts import create_parent_account
-
-    account_id, key = await create_parent_account(gateway.database_url, "acme", gateway.redis.url)
-    return Parent(account_id, key, gateway.base_url)
+fault_database, gateway, parent = fault_fixtures("deps")
 
 
 def chat(gateway: FaultGateway, key: str, model: str = CHEAP, **body: Any) -> httpx.Response:

@@ -8,9 +8,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -19,10 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from aigw.supervisor import EXTPROC_RESTART_MIN_UPTIME_S
-from tests.conftest import own_database
 from tests.e2e.conftest import Parent
-from tests.e2e.harness import MockProvider, eventually, start_gateway
-from tests.faults import FaultGateway, fault_gateway
+from tests.e2e.harness import eventually, start_gateway
+from tests.faults import FaultGateway, fault_fixtures
 
 MODEL = "openai/gpt-5.4-mini"
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
@@ -30,27 +27,7 @@ LONG_STREAM = {"x-mock-chunks": "150", "x-mock-chunk-delay-ms": "20"}  # about 3
 CLIENT_TIMEOUT_S = 30.0  # a stream that neither ends nor fails within this counts as a hang
 
 
-@pytest.fixture(scope="module")
-async def fault_database(database_url: str) -> AsyncIterator[str]:
-    async with own_database(database_url, f"aigw_faults_procs_{os.getpid()}") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, mock_provider: MockProvider, fault_database: str
-) -> Iterator[FaultGateway]:
-    folder = Path(tmp_path_factory.mktemp("faults-procs"))
-    with fault_gateway(folder, mock_provider.url, fault_database, "--extproc-workers", "2") as gw:
-        yield gw
-
-
-@pytest.fixture
-async def parent(gateway: FaultGateway) -> Parent:
-    from controlplane.accounts import create_parent_account
-
-    account_id, key = await create_parent_account(gateway.database_url, "acme", gateway.redis.url)
-    return Parent(account_id, key, gateway.base_url)
+fault_database, gateway, parent = fault_fixtures("procs")
 
 
 def extproc_workers(gateway: FaultGateway) -> list[psutil.Process]:
