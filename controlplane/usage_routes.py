@@ -11,14 +11,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import AfterValidator
 
 from aigw.errors import invalid_request
 from aigw.money import microcents_to_cents
 from controlplane import store, views
-from controlplane.auth import Caller, CallerDep, ParentDep
+from controlplane.auth import CallerDep, ParentDep
 from controlplane.clock import iso_z
 from controlplane.context import ContextDep
 from controlplane.errors import not_found
@@ -86,15 +86,16 @@ def _moment(value: str, param: str, *, whole_day_end: bool) -> datetime:
 
 
 async def _filters(
-    caller: Caller,
+    caller: CallerDep,
     ctx: ContextDep,
-    sub_account_id: str | None,
-    tag: str | None,
-    model: str | None,
-    start: str | None,
-    end: str | None,
+    sub_account_id: SubAccountFilter = None,
+    tag: TagFilter = None,
+    model: ModelFilter = None,
+    start: StartFilter = None,
+    end: EndFilter = None,
 ) -> UsageFilters:
-    """The caller's filters; a sub-account key sees only itself, another id answers 404."""
+    """The filters of `/usage` and `/requests` (a dependency of both): a sub-account key sees
+    only itself, another id answers 404."""
     if caller.sub_account is not None:
         if sub_account_id not in (None, caller.sub_account.id):
             raise not_found("sub-account", sub_account_id[:80])
@@ -111,6 +112,9 @@ async def _filters(
         start=None if start is None else _moment(start, "start", whole_day_end=False),
         end=None if end is None else _moment(end, "end", whole_day_end=True),
     )
+
+
+FiltersDep = Annotated[UsageFilters, Depends(_filters)]
 
 
 def _money(cost_microcents: int, fee_microcents: int) -> dict[str, Any]:
@@ -156,13 +160,8 @@ def _csv(rows: list[dict[str, Any]], group_by: tuple[str, ...]) -> Response:
     summary="Usage totals, filtered and grouped (a sub-account key sees only its own)",
 )
 async def get_usage(
-    caller: CallerDep,
     ctx: ContextDep,
-    sub_account_id: SubAccountFilter = None,
-    tag: TagFilter = None,
-    model: ModelFilter = None,
-    start: StartFilter = None,
-    end: EndFilter = None,
+    filters: FiltersDep,
     group_by: Annotated[
         str | None,
         Query(
@@ -178,7 +177,6 @@ async def get_usage(
         checked = checked_group_by(dimensions)
     except ValueError as exc:
         raise invalid_request(f"group_by: {exc}", param="group_by") from None
-    filters = await _filters(caller, ctx, sub_account_id, tag, model, start, end)
     rows = [_usage_row(row, checked) for row in await usage_rows(ctx.pool, filters, checked)]
     if format == "csv":
         return _csv(rows, checked)
@@ -215,13 +213,8 @@ def _request(row: RequestRow) -> dict[str, Any]:
     summary="The per-request log, newest first (a sub-account key sees only its own)",
 )
 async def list_requests(
-    caller: CallerDep,
     ctx: ContextDep,
-    sub_account_id: SubAccountFilter = None,
-    tag: TagFilter = None,
-    model: ModelFilter = None,
-    start: StartFilter = None,
-    end: EndFilter = None,
+    filters: FiltersDep,
     status: Annotated[
         RequestStatus | None,
         Query(description="`ok` (status below 400) or `failed` (400 and above, or no answer)."),
@@ -233,7 +226,6 @@ async def list_requests(
         _CLEAN,
     ] = None,
 ) -> ExactJSONResponse:
-    filters = await _filters(caller, ctx, sub_account_id, tag, model, start, end)
     try:
         page = await request_log(ctx.pool, filters, limit=limit, after=after, status=status)
     except UnknownCursor:
