@@ -76,6 +76,7 @@ _REWRITABLE_STREAMS = (Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS)
 _WHOLE_ANSWERS = frozenset(
     (Endpoint.CHAT_COMPLETIONS, Endpoint.COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES)
 )
+_NO_METADATA = Metadata()
 _JSON_TYPES = {dict: "an object", list: "an array", bool: "a boolean", type(None): "null"}
 
 
@@ -103,8 +104,8 @@ class Processor:
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self.metadata = Metadata()
-        """What Envoy forwarded with the current message (the server sets it)."""
+        self.metadata = _NO_METADATA
+        """What Envoy forwarded with the current message (the server sets it; only read)."""
         self.request_id = ""
         self._content_length = False
         self._ticket: Ticket | None = None
