@@ -11,7 +11,10 @@ sent to extproc (bench/README.md).
 from __future__ import annotations
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
-from envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2 import MetadataOptions
+from envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2 import (
+    HeaderForwardingRules,
+    MetadataOptions,
+)
 from envoy.extensions.filters.http.header_to_metadata.v3.header_to_metadata_pb2 import (
     Config as HeaderToMetadata,
 )
@@ -19,6 +22,7 @@ from envoy.extensions.filters.http.json_to_metadata.v3.json_to_metadata_pb2 impo
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpFilter,
 )
+from envoy.type.matcher.v3.string_pb2 import ListStringMatcher, StringMatcher
 from google.protobuf import struct_pb2
 
 from aigw import processing_metadata as names
@@ -72,6 +76,13 @@ def ext_proc_metadata_options() -> MetadataOptions:
         ),
         receiving_namespaces=MetadataOptions.MetadataNamespaces(untyped=[names.HEADERS_NAMESPACE]),
     )
+
+
+def ext_proc_forward_rules() -> HeaderForwardingRules:
+    """Only the request headers extproc reads are sent to it."""
+    patterns = [StringMatcher(exact=name) for name in names.FORWARDED_REQUEST_HEADERS]
+    patterns.append(StringMatcher(prefix=names.GATEWAY_HEADER_PREFIX))
+    return HeaderForwardingRules(allowed_headers=ListStringMatcher(patterns=patterns))
 
 
 def response_headers_from_metadata() -> list[HeaderValueOption]:

@@ -65,6 +65,7 @@ from aigw._envoy_local_reply import (
     request_id_header,
 )
 from aigw._envoy_metadata import (
+    ext_proc_forward_rules,
     ext_proc_metadata_options,
     request_metadata_filter,
     response_headers_from_metadata,
@@ -209,6 +210,7 @@ def _ext_proc() -> ExternalProcessor:
             response_trailer_mode=ProcessingMode.SKIP,
         ),
         metadata_options=ext_proc_metadata_options(),
+        forward_rules=ext_proc_forward_rules(),
         mutation_rules=HeaderMutationRules(
             allow_expression=RegexMatcher(regex=_PROCESSOR_HEADERS),
             disallow_is_error=wrappers_pb2.BoolValue(value=True),

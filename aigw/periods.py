@@ -28,6 +28,10 @@ class Period:
     end: datetime | None
 
     @property
+    def start_ms(self) -> int:
+        return _epoch_ms(self.start)
+
+    @property
     def end_ms(self) -> int:
         """The end in epoch milliseconds, 0 for a period that never ends."""
         return 0 if self.end is None else _epoch_ms(self.end)

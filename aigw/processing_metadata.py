@@ -8,6 +8,9 @@ namespaces; `aigw.envoy_config`):
 - `aigw.response` / `status`, `content_type`: the response's `:status` and `content-type`, copied
   by Envoy's `header_to_metadata` filter, so that no response-headers message is needed.
 
+Of the request's headers Envoy sends extproc only those it reads (`FORWARDED_REQUEST_HEADERS`
+and every `x-aig-*` one): fewer to serialise, send and walk per request.
+
 extproc emits, from its request-body reply, `aigw` / one entry per response header of
 `RESPONSE_HEADERS`; Envoy adds each one present to the client's response (its value
 `%DYNAMIC_METADATA(aigw:<name>)%`; an absent one adds nothing).
@@ -23,6 +26,16 @@ RESPONSE_NAMESPACE: Final = "aigw.response"
 STATUS_KEY: Final = "status"
 CONTENT_TYPE_KEY: Final = "content_type"
 HEADERS_NAMESPACE: Final = "aigw"
+
+FORWARDED_REQUEST_HEADERS: Final = (
+    ":path",
+    ":method",
+    "x-request-id",
+    "authorization",
+    "x-api-key",
+    "content-length",
+)
+GATEWAY_HEADER_PREFIX: Final = "x-aig-"
 
 BYOK_HEADER: Final = "x-aig-byok"
 CLAMP_HEADER: Final = "x-aig-max-tokens-clamped"

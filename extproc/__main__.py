@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -38,6 +39,7 @@ from extproc.server import create_server
 log = logging.getLogger("extproc")
 
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 5.0
+GC_YOUNG_THRESHOLD = 5_000  # objects; CPython's default is 700
 
 
 async def serve(config: GatewayConfig, redis_url: str, shutdown_grace: float) -> None:
@@ -56,6 +58,7 @@ async def serve(config: GatewayConfig, redis_url: str, shutdown_grace: float) ->
     health = Health()
     server, _ = create_server(gateway, address, config.max_request_bytes, health)
     await server.start()
+    _settle_garbage_collector()
     log.info("extproc serving on %s", address)
 
     stop = asyncio.Event()
@@ -70,6 +73,16 @@ async def serve(config: GatewayConfig, redis_url: str, shutdown_grace: float) ->
     await policies.close()
     await byok.close()
     await limits_redis.aclose()
+
+
+def _settle_garbage_collector() -> None:
+    """Everything built at start-up (modules, protobuf descriptors, the configuration) lives as
+    long as the process: move it out of the collector's sight, so that the full collections
+    the request path triggers do not walk it again and again, and collect the youngest
+    generation less often (a request leaves hundreds of short-lived objects)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from extproc.request_bounds import (
 RESERVATION_TTL_MS = (ROUTE_TIMEOUT_S + 60) * 1000
 _ROUNDING_SLACK_MICROCENTS = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NEVER_MS = 2**63
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class Admission:
         self._prices = prices
         self._fee_percent = fee_percent
         self._now_ms = now_ms
+        self._periods: dict[str, tuple[int, int, Period]] = {}
 
     async def admit(
         self,
@@ -86,9 +88,7 @@ class Admission:
         fee_percent = Decimal(0) if byok else self._fee_percent
         input_bound = input_token_bound(raw_body)
         wanted, present = requested_output_tokens(endpoint, body, pricing.max_output_tokens)
-        period = current_period(
-            policy.budget_period, _EPOCH, datetime.fromtimestamp(now_ms / 1000, UTC)
-        )
+        period = self._period(policy.budget_period, now_ms)
         worst = pricing.worst
         per_input = max(worst.input, worst.cache_write, worst.cached_input)
         ticket = Ticket(
@@ -146,6 +146,15 @@ class Admission:
             return ticket, False
         body[target] = ticket.output_tokens
         return ticket, True
+
+    def _period(self, budget_period: str, now_ms: int) -> Period:
+        """The current period of a kind, computed once per period rather than per request."""
+        known = self._periods.get(budget_period)
+        if known is not None and known[0] <= now_ms < known[1]:
+            return known[2]
+        period = current_period(budget_period, _EPOCH, datetime.fromtimestamp(now_ms / 1000, UTC))
+        self._periods[budget_period] = (period.start_ms, period.end_ms or _NEVER_MS, period)
+        return period
 
     async def _admit(self, request: AdmitRequest, policy: KeyPolicy, period: Period) -> AdmitResult:
         try:

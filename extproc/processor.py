@@ -38,6 +38,7 @@ from aigw.processing_metadata import (
     BYOK_HEADER,
     CLAMP_HEADER,
     CONTENT_TYPE_KEY,
+    GATEWAY_HEADER_PREFIX,
     REQUEST_NAMESPACE,
     RESPONSE_NAMESPACE,
     STATUS_KEY,
@@ -61,7 +62,6 @@ from extproc.request_types import check_field_types
 from extproc.settlement import Outcome, RequestFacts, settle_request
 from extproc.upstreams import forward_request
 
-_GATEWAY_HEADER_PREFIX = "x-aig-"
 _ANTHROPIC = "anthropic"
 _METERING_API = {
     Endpoint.CHAT_COMPLETIONS: "openai_chat",
@@ -133,7 +133,7 @@ class Processor:
                 api_key = entry.raw_value
             elif name == "content-length":
                 self._content_length = True
-            elif name.startswith(_GATEWAY_HEADER_PREFIX):
+            elif name.startswith(GATEWAY_HEADER_PREFIX):
                 foreign.append(name)
                 if name == TAGS_HEADER:
                     tag_values.append(entry.raw_value)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -128,34 +130,66 @@ def settle_request(ticket: Ticket, facts: RequestFacts, outcome: Outcome) -> Set
 
 class Settler:
     """Settles requests in the background (the reply that ends a response does not wait for
-    the Redis round trip; the reservation covers the request until the settle lands) and keeps
-    retries alive until they succeed or expire."""
+    the Redis round trip; the reservation covers the request until the settle lands).
+
+    Settles that arrive while a batch is on its way to Redis go together in the next one: one
+    task and one pipeline per batch, not per request. A settle that Redis failed is retried on
+    its own until it succeeds or its reservation would have expired."""
 
     def __init__(self, store: LimitStore) -> None:
         self._store = store
+        self._queue: list[SettleRequest] = []
+        self._flushing = False
         self._pending: set[asyncio.Task[None]] = set()
 
     def settle_later(self, request: SettleRequest) -> None:
-        """Settle from a task of its own (which also outlives a cancelled stream's task)."""
-        task = asyncio.get_running_loop().create_task(self._retry(request))
+        """Queue `request`; it is sent from a task of the settler's own (which also outlives a
+        cancelled stream's task)."""
+        self._queue.append(request)
+        if not self._flushing:
+            self._flushing = True
+            self._start(self._flush())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for queued and retried settles at shutdown, at most `timeout_s`."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._pending:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.wait(set(self._pending), timeout=left)
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait for pending settles at shutdown."""
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=timeout_s)
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self._store.settle_many(batch)
+                except Exception:
+                    log.exception("a batch of %d settles failed: retrying each", len(batch))
+                    results = [LimitStoreUnavailable("batch failed")] * len(batch)
+                for request, result in zip(batch, results, strict=True):
+                    if isinstance(result, LimitStoreUnavailable):
+                        self._start(self._retry(request))
+        finally:
+            self._flushing = False
 
     async def _retry(self, request: SettleRequest) -> None:
-        attempts = int(RESERVATION_TTL_MS / 1000 / _RETRY_INTERVAL_S)
-        for attempt in range(attempts):
+        """A settle whose first attempt failed: again every `_RETRY_INTERVAL_S` until the
+        reservation would have expired."""
+        log.warning("settle of %s deferred: Redis unavailable", request.request_id)
+        for _ in range(int(RESERVATION_TTL_MS / 1000 / _RETRY_INTERVAL_S) - 1):
+            await asyncio.sleep(_RETRY_INTERVAL_S)
             try:
                 await self._store.settle(request)
                 return
             except LimitStoreUnavailable:
-                if attempt == 0:
-                    log.warning("settle of %s deferred: Redis unavailable", request.request_id)
-                await asyncio.sleep(_RETRY_INTERVAL_S)
+                continue
         log.error(
             "usage of request %s lost: Redis unavailable for its whole reservation",
             request.request_id,

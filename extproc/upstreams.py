@@ -45,7 +45,9 @@ def forward_request(
     (`aigw.processing_metadata`) and, unless `body` is None, replaces the request body."""
     reply = ProcessingResponse()
     reply.CopyFrom(forward)
-    reply.dynamic_metadata.update({HEADERS_NAMESPACE: response_headers})
+    emitted = reply.dynamic_metadata.fields[HEADERS_NAMESPACE].struct_value.fields
+    for name, value in response_headers.items():
+        emitted[name].string_value = value
     if body is not None:
         common = reply.request_body.response
         common.body_mutation.body = body

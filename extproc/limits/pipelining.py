@@ -6,6 +6,7 @@ in flight is sent at once, alone, as before (one request at a time pays nothing 
 that arrive while one is in flight queue up; when it returns they all go as one pipeline, and
 the calls arriving during that pipeline make the next one (natural batching: no call ever waits
 for company, only for the call ahead of it). Each call still gets its own reply or its own error.
+`run_many` hands over several calls at once (the settles gathered by `extproc.settlement`).
 
 A queued call whose caller has gone (a cancelled stream) is not sent. A pipeline that finds a
 script missing (Redis restarted empty: NOSCRIPT) loads it and runs the affected calls again.
@@ -56,6 +57,34 @@ class PipelinedScripts:
             return await script(keys, args)
         finally:
             self._hand_over()
+
+    async def run_many(
+        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """`script`'s reply to each `(keys, args)` of `calls`, in order, as one pipeline (or with
+        the next one, when a call is in flight); a call that failed gives its exception in its
+        place instead of raising."""
+        if not self._batching:
+            return await asyncio.gather(
+                *(script(keys, args) for keys, args in calls), return_exceptions=True
+            )
+        loop = asyncio.get_running_loop()
+        batch = [_Call(script, keys, args, loop.create_future()) for keys, args in calls]
+        if self._busy:
+            self._queue.extend(batch)
+        else:
+            self._busy = True
+            try:
+                await self._send(batch)
+            finally:
+                self._hand_over()
+        try:
+            await asyncio.wait([call.reply for call in batch])
+        except asyncio.CancelledError:
+            for call in batch:
+                call.reply.cancel()
+            raise
+        return [call.reply.exception() or call.reply.result() for call in batch]
 
     def _hand_over(self) -> None:
         """After a call: the queued ones go next, from a task of their own (the caller that

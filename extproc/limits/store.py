@@ -146,39 +146,25 @@ class LimitStore:
 
         A second settle of the same request id (within `SETTLED_MARKER_TTL_MS`) changes nothing.
         """
-        if req.event and not req.event.endswith(b"}"):
-            raise ValueError("the usage event must be a compact JSON object")
-        owner, period = req.owner_id, req.period_id
-        reply = await self._call(
-            self._scripts.run,
-            self._settle,
-            (
-                keyspace.owner_spend(owner, period),
-                keyspace.owner_reservations(owner, period),
-                keyspace.owner_reservation_expiries(owner, period),
-                keyspace.owner_window(owner, "tpm"),
-                keyspace.owner_settled(owner, req.request_id),
-                keyspace.owner_usage_stream(owner),
-            ),
-            (
-                req.now_ms,
-                req.request_id,
-                -1 if req.cap_microcents is None else req.cap_microcents,
-                req.cost_microcents,
-                -1 if req.tpm is None else req.tpm,
-                req.tpm_input_tokens,
-                req.actual_tokens,
-                req.admitted_ms,
-                _spend_ttl_ms(req.period_end_ms, req.now_ms),
-                SETTLED_MARKER_TTL_MS,
-                owner,
-                req.parent_id or "",
-                period,
-                req.event,
-            ),
-        )
-        crossed = (80,) * reply[3] + (100,) * reply[4]
-        return SettleResult(reply[0] == 1, reply[1], reply[2], crossed)
+        keys, args = _settle_call(req)
+        return _settle_result(await self._call(self._scripts.run, self._settle, keys, args))
+
+    async def settle_many(
+        self, requests: list[SettleRequest]
+    ) -> list[SettleResult | LimitStoreUnavailable]:
+        """`settle` of each request, sent together; a request Redis failed gets its
+        `LimitStoreUnavailable` in its place."""
+        calls = [_settle_call(req) for req in requests]
+        replies = await self._scripts.run_many(self._settle, calls)
+        results: list[SettleResult | LimitStoreUnavailable] = []
+        for reply in replies:
+            if isinstance(reply, REDIS_ERRORS):
+                results.append(LimitStoreUnavailable(f"Redis: {reply}"))
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                results.append(_settle_result(reply))
+        return results
 
     async def release(self, owner_id: str, request_id: str, period_id: str) -> bool:
         """Drop a reservation without counting anything; False if there was none."""
@@ -235,3 +221,40 @@ class LimitStore:
             return await method(*args)
         except REDIS_ERRORS as exc:
             raise LimitStoreUnavailable(f"Redis: {exc}") from exc
+
+
+def _settle_call(req: SettleRequest) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The settle script's KEYS and ARGV for `req`."""
+    if req.event and not req.event.endswith(b"}"):
+        raise ValueError("the usage event must be a compact JSON object")
+    owner, period = req.owner_id, req.period_id
+    keys = (
+        keyspace.owner_spend(owner, period),
+        keyspace.owner_reservations(owner, period),
+        keyspace.owner_reservation_expiries(owner, period),
+        keyspace.owner_window(owner, "tpm"),
+        keyspace.owner_settled(owner, req.request_id),
+        keyspace.owner_usage_stream(owner),
+    )
+    args = (
+        req.now_ms,
+        req.request_id,
+        -1 if req.cap_microcents is None else req.cap_microcents,
+        req.cost_microcents,
+        -1 if req.tpm is None else req.tpm,
+        req.tpm_input_tokens,
+        req.actual_tokens,
+        req.admitted_ms,
+        _spend_ttl_ms(req.period_end_ms, req.now_ms),
+        SETTLED_MARKER_TTL_MS,
+        owner,
+        req.parent_id or "",
+        period,
+        req.event,
+    )
+    return keys, args
+
+
+def _settle_result(reply: list[int]) -> SettleResult:
+    crossed = (80,) * reply[3] + (100,) * reply[4]
+    return SettleResult(reply[0] == 1, reply[1], reply[2], crossed)

@@ -199,8 +199,12 @@ def test_missing_ca_file_names_the_provider_key(tmp_path: Path) -> None:
 # --- a running Envoy ------------------------------------------------------------------------
 
 
+_SEEN_HEADER_NAMES: list[set[str]] = []
+
+
 class _FakeProcessor(ext_grpc.ExternalProcessorServicer):
-    """Routes to the provider named by `x-test-provider`, or answers `x-test-immediate: NNN`."""
+    """Routes to the provider named by `x-aig-test-provider`, or answers
+    `x-aig-test-immediate: NNN`; notes the header names each request showed it."""
 
     def Process(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
         headers: dict[str, str] = {}
@@ -210,14 +214,15 @@ class _FakeProcessor(ext_grpc.ExternalProcessorServicer):
                 headers = {
                     h.key: h.raw_value.decode() for h in request.request_headers.headers.headers
                 }
-                if "x-test-immediate" in headers:
-                    yield _immediate(int(headers["x-test-immediate"]))
+                _SEEN_HEADER_NAMES.append(set(headers))
+                if "x-aig-test-immediate" in headers:
+                    yield _immediate(int(headers["x-aig-test-immediate"]))
                     return
                 yield ext_pb.ProcessingResponse(request_headers=ext_pb.HeadersResponse())
             elif phase == "request_body":
                 route = HeaderValueOption(
                     header=HeaderValue(
-                        key="x-aig-provider", raw_value=headers["x-test-provider"].encode()
+                        key="x-aig-provider", raw_value=headers["x-aig-test-provider"].encode()
                     )
                 )
                 common = ext_pb.CommonResponse(
@@ -294,7 +299,7 @@ def _post(url: str, headers: dict[str, str], body: bytes = b'{"model": "m"}') ->
 
 @pytest.mark.parametrize("status", [401, 402, 403, 404, 413, 429, 500, 503])
 def test_processor_replies_reach_the_client_exactly(gateway: _Gateway, status: int) -> None:
-    response = _post(f"{gateway.url}/v1/chat/completions", {"x-test-immediate": str(status)})
+    response = _post(f"{gateway.url}/v1/chat/completions", {"x-aig-test-immediate": str(status)})
 
     assert response.status_code == status
     assert response.content == b'{"error": {"message": "from the processor", "code": "processor"}}'
@@ -304,7 +309,7 @@ def test_processor_replies_reach_the_client_exactly(gateway: _Gateway, status: i
 
 def test_provider_route_rewrites_the_path_and_removes_routing_headers(gateway: _Gateway) -> None:
     gateway.mock.clear()
-    response = _post(f"{gateway.url}/v1/chat/completions", {"x-test-provider": "local"})
+    response = _post(f"{gateway.url}/v1/chat/completions", {"x-aig-test-provider": "local"})
 
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"]
@@ -317,12 +322,43 @@ def test_provider_route_rewrites_the_path_and_removes_routing_headers(gateway: _
         assert name not in received["headers"]
 
 
+def test_only_the_headers_extproc_reads_are_sent_to_it(gateway: _Gateway) -> None:
+    """The provider still gets every header; the processor only those it reads."""
+    gateway.mock.clear()
+    _SEEN_HEADER_NAMES.clear()
+    client_headers = {
+        "authorization": "Bearer sk-aig-x",
+        "x-api-key": "sk-aig-y",
+        "x-aig-tags": "a",
+        "x-aig-test-provider": "local",
+        "x-stainless-os": "Linux",
+        "cookie": "c=1",
+    }
+    response = _post(f"{gateway.url}/v1/chat/completions", client_headers)
+
+    assert response.status_code == 200, response.text
+    (seen,) = _SEEN_HEADER_NAMES
+    assert seen == {
+        ":path",
+        ":method",
+        "x-request-id",
+        "authorization",
+        "x-api-key",
+        "content-length",
+        "x-aig-tags",
+        "x-aig-test-provider",
+    }
+    (received,) = gateway.mock.requests()
+    assert received["headers"]["x-stainless-os"] == "Linux"
+    assert received["headers"]["cookie"] == "c=1"
+
+
 def test_envoy_errors_use_the_openai_envelope(gateway: _Gateway) -> None:
     url = f"{gateway.url}/v1/chat/completions"
-    too_large = _post(url, {"x-test-provider": "local"}, b"x" * 70000)
-    unreachable = _post(url, {"x-test-provider": "dead"})
-    processor_failed = _post(url, {})  # the fake processor raises without x-test-provider
-    unrouted = _post(f"{gateway.url}/v1/files", {"x-test-provider": "nobody"})
+    too_large = _post(url, {"x-aig-test-provider": "local"}, b"x" * 70000)
+    unreachable = _post(url, {"x-aig-test-provider": "dead"})
+    processor_failed = _post(url, {})  # the fake processor raises without x-aig-test-provider
+    unrouted = _post(f"{gateway.url}/v1/files", {"x-aig-test-provider": "nobody"})
     control_plane = httpx.get(f"{gateway.url}/healthz")
 
     expected = [
