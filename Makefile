@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: up serve test lint format install clean bench bench-smoke
+.PHONY: up serve test lint format install clean bench bench-smoke soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ test: $(STAMP)
 bench: $(STAMP)  ## the benchmark: gateway vs plain Envoy, LiteLLM, Portkey (needs wrk; 15-30 min)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-smoke: $(STAMP)  ## ~10 s of the benchmark (envoy + gateway), to check that it runs
+bench-smoke: $(STAMP)  ## ~15 s of the benchmark (envoy, floor, gateway), to check that it runs
 	$(BIN)/python -m bench --smoke
+
+soak: $(STAMP)  ## extproc's memory over 10 minutes of load (needs wrk)
+	$(BIN)/python -m bench soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

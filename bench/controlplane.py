@@ -328,7 +328,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main_controlplane(argv: list[str]) -> int:
-    from bench.run import backend_arguments
+    from bench.run import backend_arguments, finish
 
     parser = argparse.ArgumentParser(prog="python -m bench controlplane", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few seconds, small numbers")
@@ -362,11 +362,4 @@ def main_controlplane(argv: list[str]) -> int:
     except (WrkMissing, BenchError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    args.results.mkdir(parents=True, exist_ok=True)
-    json_path = args.results / f"{stem}.json"
-    md_path = args.results / f"{stem}.md"
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    md_path.write_text(markdown(result))
-    print(md_path.read_text())
-    log(f"results: {json_path} and {md_path}")
-    return 0 if result["valid"] else 1
+    return finish(result, args.results, stem, markdown(result))

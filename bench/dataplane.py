@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from bench.fake_provider import FakeProvider, start_fake_provider
+from bench.floor import floor_target
 from bench.gateway import Backends, Gateway, gateway_target, start_gateway
 from bench.peers import PEERS, PeerUnavailable, start_litellm, start_portkey
 from bench.procs import BenchError, CpuSnapshot, own_cpu_seconds, stop
@@ -29,8 +30,8 @@ from bench.stream_client import run_stream_latency
 from bench.targets import Target, direct_target, plain_envoy_target, probe
 from bench.wrk import run_wrk, write_script
 
-ALL_CONFIGS = ("direct", "envoy", "gateway", "litellm", "portkey")
-SMOKE_CONFIGS = ("envoy", "gateway")
+ALL_CONFIGS = ("direct", "envoy", "floor", "gateway", "litellm", "portkey")
+SMOKE_CONFIGS = ("envoy", "floor", "gateway")
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def _targets(run: _Run, provider: FakeProvider) -> Iterator[None]:
         "envoy": lambda: plain_envoy_target(
             settings.work, provider.json_port, provider.sse_port, provider.pids
         ),
+        "floor": lambda: floor_target(settings.work, provider),
         "gateway": lambda: _start_gateway(run, provider),
         "litellm": lambda: start_litellm(settings.work, provider, settings.litellm_workers),
         "portkey": lambda: start_portkey(settings.work, provider),

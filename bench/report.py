@@ -18,7 +18,7 @@ from bench.stats import median
 
 _WRK_METRICS = ("rps", "p50_us", "p99_us")
 _CLIENT_METRICS = ("streams_per_s", "ttfc_p50_us", "ttfc_p99_us", "gap_p50_us", "gap_p99_us")
-RATIO_BASES = ("envoy", "litellm", "portkey")
+RATIO_BASES = ("envoy", "floor", "litellm", "portkey")
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
@@ -75,12 +75,17 @@ def reference(summary: dict[str, Any]) -> str | None:
 
 def write(result: dict[str, Any], folder: Path, stem: str) -> tuple[Path, Path]:
     """`<stem>.json` (raw cells + summary + ratios) and `<stem>.md` in `folder`."""
+    return write_files(result, markdown(result), folder, stem)
+
+
+def write_files(result: dict[str, Any], text: str, folder: Path, stem: str) -> tuple[Path, Path]:
+    """`result` as `<stem>.json` and `text` as `<stem>.md` in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
     json_path.write_bytes(
         orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
-    md_path.write_text(markdown(result))
+    md_path.write_text(text)
     return json_path, md_path
 
 
@@ -134,6 +139,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     lines += _json_table(summary, configs)
     lines += _stream_table(summary, configs, ref)
+    lines += _extproc_per_chunk(summary, meta["chunks"])
     lines += _ratio_table(result["ratios"], configs)
     if result.get("metering"):
         m = result["metering"]
@@ -199,6 +205,32 @@ def _stream_table(summary: dict[str, Any], configs: list[str], ref: str | None) 
         )
     cells_note = f"`{stream_cell}`: wrk, chunks back to back; `{paced_cell}`: stream client"
     return [*lines, "", cells_note + ", chunks paced (see meta.paced_interval_ms).", ""]
+
+
+def extproc_us_per_chunk(summary: dict[str, Any], chunks: int) -> float | None:
+    """extproc's CPU per streamed chunk: what a stream costs it beyond what a non-streamed
+    request does (the request phases, settling), spread over its chunks and the usage chunk."""
+    cells = summary.get("gateway", {})
+    stream = next((e for n, e in cells.items() if n.startswith("stream-")), None)
+    request = cells.get("json-c32")
+    if not stream or not request:
+        return None
+    per_stream = stream["cpu_us_per_request"].get("extproc")
+    per_request = request["cpu_us_per_request"].get("extproc")
+    if per_stream is None or per_request is None:
+        return None
+    return (per_stream - per_request) / (chunks + 1)
+
+
+def _extproc_per_chunk(summary: dict[str, Any], chunks: int) -> list[str]:
+    per_chunk = extproc_us_per_chunk(summary, chunks)
+    if per_chunk is None:
+        return []
+    return [
+        f"extproc CPU per streamed chunk: {per_chunk:.1f} µs (CPU per stream minus CPU per "
+        f"non-streamed request, over {chunks} chunks + the usage chunk; target ≤ 40 µs).",
+        "",
+    ]
 
 
 def _ratio_table(ratio: dict[str, Any], configs: list[str]) -> list[str]:

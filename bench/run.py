@@ -3,11 +3,13 @@
     python -m bench [--smoke] [--duration S] [--rounds N] [--configs a,b,…] [--no-peers]
                     [--profile S] [--extproc-workers N] [--results DIR]
     python -m bench controlplane [--smoke] [--seed N] [--duration S] [--events N] …
+    python -m bench soak [--smoke] [--minutes M] [--window S] [--connections N]
 
 The first form is the data-plane benchmark (bench/dataplane.py), the second the control-plane
-one (bench/controlplane.py). Both write `<kind>-<timestamp>.json` and `.md` under `--results`
-(default bench/results/, gitignored), print the Markdown, and exit 0 for a valid run, 1 for an
-invalid one (any non-2xx response or socket error), 2 when something could not start.
+one (bench/controlplane.py), the third the memory soak (bench/soak.py). Each writes
+`<kind>-<timestamp>.json` and `.md` under `--results` (default bench/results/, gitignored),
+prints the Markdown, and exits 0 for a valid run, 1 for an invalid one (any non-2xx response or
+socket error), 2 when something could not start.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench import report
@@ -79,7 +82,7 @@ def dataplane_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="~10 s of load: envoy and gateway, 1 s per cell, 1 round, no peers",
+        help="~15 s of load: envoy, floor and gateway, 1 s per cell, 1 round, no peers",
     )
     parser.add_argument("--duration", type=int, default=10, metavar="S", help="seconds per cell")
     parser.add_argument("--rounds", type=int, default=3)
@@ -155,9 +158,13 @@ def dataplane_settings(args: argparse.Namespace, work: Path) -> DataPlaneSetting
     )
 
 
-def finish(result: dict[str, object], results: Path, stem: str) -> int:
-    """Write the JSON and Markdown, print the Markdown and where both are; the exit code."""
-    json_path, md_path = report.write(result, results, stem)
+def finish(result: dict[str, Any], results: Path, stem: str, text: str | None = None) -> int:
+    """Write the JSON and the Markdown (`text`, else the data-plane report), print the Markdown
+    and where both are; the exit code."""
+    if text is None:
+        json_path, md_path = report.write(result, results, stem)
+    else:
+        json_path, md_path = report.write_files(result, text, results, stem)
     print(md_path.read_text())
     log(f"results: {json_path} and {md_path}")
     return 0 if result["valid"] else 1
@@ -192,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.controlplane import main_controlplane
 
         return main_controlplane(argv[1:])
+    if argv[:1] == ["soak"]:
+        from bench.soak import main_soak
+
+        return main_soak(argv[1:])
     return main_dataplane(argv)
 
 

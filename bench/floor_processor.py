@@ -1,0 +1,80 @@
+"""`python -m bench.floor_processor --port N`: the ext_proc floor's processor. It answers every
+message the way the gateway's extproc does when it lets a request through unchanged — the
+request-headers reply with the same response-body mode override (whole for a non-streamed
+request, streamed otherwise), the others plain pass-through replies built once — on the same
+server stack (grpc.aio on uvloop, `extproc.server`'s options), and does nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterable, AsyncIterator
+
+import grpc
+import uvloop
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    BodyResponse,
+    ProcessingRequest,
+    ProcessingResponse,
+)
+from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
+    ExternalProcessorServicer,
+    add_ExternalProcessorServicer_to_server,
+)
+
+from aigw.processing_metadata import REQUEST_NAMESPACE, STREAM_KEY
+from extproc.messages import (
+    CONTINUE_REQUEST_TRAILERS,
+    CONTINUE_RESPONSE_BODY,
+    CONTINUE_RESPONSE_HEADERS,
+    CONTINUE_RESPONSE_TRAILERS,
+    continue_request_headers,
+)
+
+_WHOLE = continue_request_headers([], True)
+_STREAMED = continue_request_headers([], False)
+_REPLIES = {
+    "request_body": ProcessingResponse(request_body=BodyResponse()),
+    "response_headers": CONTINUE_RESPONSE_HEADERS,
+    "response_body": CONTINUE_RESPONSE_BODY,
+    "request_trailers": CONTINUE_REQUEST_TRAILERS,
+    "response_trailers": CONTINUE_RESPONSE_TRAILERS,
+}
+
+
+class PassThrough(ExternalProcessorServicer):
+    async def Process(
+        self, request_iterator: AsyncIterable[ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ProcessingResponse]:
+        async for request in request_iterator:
+            phase = request.WhichOneof("request")
+            if phase == "request_headers":
+                yield _WHOLE if _not_streamed(request) else _STREAMED
+            else:
+                yield _REPLIES[phase]
+
+
+def _not_streamed(request: ProcessingRequest) -> bool:
+    forwarded = request.metadata_context.filter_metadata.get(REQUEST_NAMESPACE)
+    if forwarded is None or STREAM_KEY not in forwarded.fields:
+        return False
+    stream = forwarded.fields[STREAM_KEY]
+    return stream.WhichOneof("kind") == "bool_value" and not stream.bool_value
+
+
+async def serve(port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    add_ExternalProcessorServicer_to_server(PassThrough(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor_processor")
+    parser.add_argument("--port", type=int, required=True)
+    uvloop.run(serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
