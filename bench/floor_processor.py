@@ -2,7 +2,8 @@
 message the way the gateway's extproc does when it lets a request through unchanged — the
 request-headers reply with the same response-body mode override (whole for a non-streamed
 request, streamed otherwise), the others plain pass-through replies built once — on the same
-server stack (grpc.aio on uvloop, `extproc.server`'s options), and does nothing else.
+server stack (grpc.aio on uvloop), ending the RPC after the end of the response body as
+`extproc.server` does, and does nothing else.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class PassThrough(ExternalProcessorServicer):
                 yield _WHOLE if _not_streamed(request) else _STREAMED
             else:
                 yield _REPLIES[phase]
+                if phase == "response_body" and request.response_body.end_of_stream:
+                    return  # as extproc.server does
 
 
 def _not_streamed(request: ProcessingRequest) -> bool:

@@ -14,8 +14,8 @@ taken over with XAUTOCLAIM (a scan of the pending list across rounds, restarted 
 acknowledged and deleted together. A Redis Cluster lets a command name keys of one slot only,
 so every per-shard command goes into one pipeline (redis-py sends each node its part in
 parallel; a single server gets one round trip), and a shard's XACK + XDEL is one small script,
-atomic like the MULTI it replaces and pipelinable unlike it. A batch holds up to `batch_size`
-entries of each shard.
+atomic like the MULTI it replaces and pipelinable unlike it. On a single server the read is one
+XREADGROUP naming every shard's stream. A batch holds up to `batch_size` entries of each shard.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import redis.asyncio
 from redis.exceptions import ResponseError
 
 from aigw.redis_client import AsyncRedis, routed
@@ -123,8 +124,25 @@ class UsageConsumer:
                 log.info("created consumer group %r on %r", self.group, shard.stream)
 
     async def _read(self, shards: list[_Shard], start: str) -> list[Entry]:
-        """XREADGROUP of each shard (without BLOCK), sent straight to the shard's node."""
+        """XREADGROUP of every shard (without BLOCK): one command naming them all on a single
+        server; on a cluster, or when a stream lost its group (NOGROUP fails the whole command),
+        one command per shard, sent straight to the shard's node."""
         command = ("GROUP", self.group, self.name, "COUNT", self._batch_size, "STREAMS")
+        if len(shards) > 1 and isinstance(self._redis, redis.asyncio.Redis):
+            streams = [shard.stream for shard in shards]
+            try:
+                reply = await self._redis.execute_command(
+                    "XREADGROUP", *command, *streams, *[start] * len(streams)
+                )
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+            else:
+                return [
+                    (_text(stream), _text(i), fields or {})
+                    for stream, items in reply or []
+                    for i, fields in items
+                ]
         replies = await self._each(
             shards,
             lambda pipe, shard: pipe.execute_command(

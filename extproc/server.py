@@ -4,6 +4,11 @@ The loop only reads a message, hands the processor the metadata Envoy forwarded 
 dispatches on its `oneof` to the processor's phase method of the same name and sends the
 answer; a `GatewayError` from a phase becomes an immediate response here, the one place that
 happens. `Processor.on_stream_closed` runs on every way out of the stream.
+
+After the last answer of a request (an immediate response, or the reply to the end of the
+response body) the server ends the RPC itself, with its status, instead of waiting for Envoy to
+reset the stream: grpc.aio leaks the native memory of a status batch sent on a call the client
+already cancelled (grpc/grpc#43360: ~100 bytes a request, 3 MiB a minute under load here).
 The request phases also count the request's decision and time it (`extproc.metrics`), and the
 stream's request id is put in scope for every log line (`aigw.logs.REQUEST_ID`).
 """
@@ -45,7 +50,10 @@ class ExternalProcessor(ExternalProcessorServicer):
             async for request in request_iterator:
                 phase = request.WhichOneof("request")
                 if phase not in _REQUEST_PHASES:
-                    yield await respond(processor, request)
+                    answer = await respond(processor, request)
+                    yield answer
+                    if answer.HasField("immediate_response") or _last_message(request):
+                        return
                     continue
                 processor.metadata = request.metadata_context
                 started = perf_counter()
@@ -61,8 +69,15 @@ class ExternalProcessor(ExternalProcessorServicer):
                 if decision is not None:
                     metrics.decided(decision, deciding)
                 yield answer
+                if answer.HasField("immediate_response"):
+                    return
         finally:
             processor.on_stream_closed()
+
+
+def _last_message(request: ProcessingRequest) -> bool:
+    """The end of the response body: Envoy sends nothing after it (trailers are skipped)."""
+    return request.WhichOneof("request") == "response_body" and request.response_body.end_of_stream
 
 
 def _decision_of_answer(phase: str, answer: ProcessingResponse) -> str | None:

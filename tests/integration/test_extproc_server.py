@@ -43,14 +43,19 @@ async def stub(redis_url: str) -> AsyncIterator[ExternalProcessorStub]:
         await asyncio.wait_for(grpc_server.stop(0), 5)
 
 
-async def test_request_without_a_key_is_answered_401(stub: ExternalProcessorStub) -> None:
+async def test_request_without_a_key_is_answered_401_and_the_server_ends_the_rpc(
+    stub: ExternalProcessorStub,
+) -> None:
+    """After an immediate response the server closes the stream with OK itself: Envoy sends
+    nothing more, and waiting for its reset would leak (grpc/grpc#43360)."""
     call = stub.Process()
     await call.write(request_headers("POST", "/v1/chat/completions", {}))
     response = await call.read()
-    await call.done_writing()
 
     assert response.immediate_response.status.code == 401
     assert orjson.loads(response.immediate_response.body)["error"]["code"] == "invalid_api_key"
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() is grpc.StatusCode.OK
 
 
 async def test_a_request_is_rewritten_over_one_stream(
@@ -102,15 +107,40 @@ class StuckProcessor(RecordingProcessor):
 
 
 async def test_stream_closed_hook_runs_when_the_stream_is_cancelled_mid_phase(
-    closed: list[str], stub: ExternalProcessorStub, monkeypatch: pytest.MonkeyPatch
+    closed: list[str],
+    stub: ExternalProcessorStub,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
 ) -> None:
     monkeypatch.setattr(server, "Processor", StuckProcessor)
+    key = generate_key()
+    await store_policy(redis_url, key, POLICY)
     call = stub.Process()
-    await call.write(request_headers("POST", "/v1/chat/completions", {}))
-    await call.read()
+    await call.write(request_headers("POST", "/v1/chat/completions", bearer(key)))
+    assert (await call.read()).WhichOneof("response") == "request_headers"
     await call.write(request_body({"model": "openai/gpt-5.4-mini"}))
     await asyncio.sleep(0.1)
     call.cancel()  # what Envoy does when the client goes away mid-request
+    await wait_for(lambda: closed == [REQUEST_ID])
+
+
+async def test_the_server_ends_the_rpc_after_the_end_of_the_response_body(
+    closed: list[str], stub: ExternalProcessorStub, redis_url: str
+) -> None:
+    key = generate_key()
+    await store_policy(redis_url, key, POLICY)
+    call = stub.Process()
+    await call.write(request_headers("POST", "/v1/chat/completions", bearer(key)))
+    await call.read()
+    await call.write(request_body({"model": "openai/gpt-5.4-mini", "messages": []}))
+    await call.read()
+    await call.write(
+        ProcessingRequest(response_body=HttpBody(body=b'{"usage": {}}', end_of_stream=True))
+    )
+
+    assert (await call.read()).WhichOneof("response") == "response_body"
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() is grpc.StatusCode.OK
     await wait_for(lambda: closed == [REQUEST_ID])
 
 

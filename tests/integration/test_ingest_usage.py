@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 
 from aigw import keyspace
 from controlplane.ingester import Ingester
-from tests.faults import proxied_dsn, proxy_for
+from tests.faults import RedisServer, proxied_dsn, proxy_for
 
 T0 = 1_795_773_600_000  # 2026-11-27T10:00:00Z in epoch ms
 STREAM = keyspace.owner_usage_stream("sa_a")  # the shard of the sub-account of these tests
@@ -521,6 +522,29 @@ async def test_a_flushed_redis_gets_its_consumer_group_back(setup: Setup) -> Non
         await ingester.run_once()
     assert [row["request_id"] for row in await setup.ledger()] == ["req-1", "req-2"]
     assert await setup.redis.xlen(STREAM) == 0
+
+
+async def test_a_round_reads_every_shard_with_one_command(setup: Setup, tmp_path: Path) -> None:
+    """On a single server the 64 usage streams are read with one XREADGROUP, not one each."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        parent_stream = keyspace.owner_usage_stream("acct_p")  # the parent's own traffic
+        assert parent_stream != STREAM
+        await client.xadd(STREAM, {"e": orjson.dumps(usage("req-1"))})
+        await client.xadd(parent_stream, {"e": orjson.dumps(usage("req-2", sub_account_id=None))})
+        ingester = Ingester(setup.pool, client, block_ms=10)
+        await client.config_resetstat()
+
+        assert await ingester.run_once() == 2
+
+        stats = await client.info("commandstats")
+        assert stats["cmdstat_xreadgroup"]["calls"] == 2  # own pending ("0"), then new (">")
+        assert {row["request_id"] for row in await setup.ledger()} == {"req-1", "req-2"}
+    finally:
+        await client.aclose()
+        server.stop()
 
 
 async def test_stop_ends_run_between_batches(setup: Setup) -> None:
