@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.fake_provider import FakeProvider
 from bench.procs import Child, free_port, spawn, stop, wait_until
-from bench.targets import UPSTREAM_MODELS, Target, render, requests_for, start_envoy
+from bench.targets import Target, envoy_requests, render, start_envoy
 
 
 def floor_target(work: Path, provider: FakeProvider) -> Target:
@@ -41,12 +41,9 @@ def floor_target(work: Path, provider: FakeProvider) -> Target:
         for child in children:
             stop(child)
         raise
-    base = f"http://127.0.0.1:{port}"
-    urls = {"json": f"{base}/v1/chat/completions"}
-    urls["stream"] = urls["paced"] = f"{base}/sse/v1/chat/completions"
     return Target(
         "floor",
-        requests_for(urls, UPSTREAM_MODELS),
+        envoy_requests(port),
         children,
         lambda: {"envoy": [children[1].pid], "extproc": [processor.pid], "provider": provider.pids},
         version="Envoy + pass-through ext_proc (grpc.aio)",

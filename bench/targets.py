@@ -82,6 +82,15 @@ def requests_for(
     }
 
 
+def envoy_requests(port: int) -> dict[str, RequestSpec]:
+    """The requests of an Envoy of ours on `port` in front of the fake provider: `/v1/…` goes to
+    its JSON half, `/sse/v1/…` to its SSE half."""
+    base = f"http://127.0.0.1:{port}"
+    urls = {"json": f"{base}/v1/chat/completions"}
+    urls["stream"] = urls["paced"] = f"{base}/sse/v1/chat/completions"
+    return requests_for(urls, UPSTREAM_MODELS)
+
+
 def render(template: str, destination: Path, **values: object) -> Path:
     """Fill `bench/templates/<template>` ($-placeholders) into `destination`."""
     text = string.Template((TEMPLATES / template).read_text()).substitute(values)
@@ -149,12 +158,9 @@ def plain_envoy_target(
         sse_port=sse_port,
     )
     child = start_envoy("envoy", config, work, port)
-    base = f"http://127.0.0.1:{port}"
-    urls = {"json": f"{base}/v1/chat/completions"}
-    urls["stream"] = urls["paced"] = f"{base}/sse/v1/chat/completions"
     return Target(
         "envoy",
-        requests_for(urls, UPSTREAM_MODELS),
+        envoy_requests(port),
         [child],
         lambda: {"envoy": [child.pid], "provider": provider_pids},
         version=f"Envoy {envoy_version()}",

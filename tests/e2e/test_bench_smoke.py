@@ -33,16 +33,7 @@ pytestmark = [
 
 @pytest.mark.timeout(300)
 def test_bench_smoke_run_is_valid(tmp_path: Path, database_url: str, redis_url: str) -> None:
-    database = f"aigw_bench_smoke_{os.getpid()}"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--results", str(tmp_path),
-         "--postgres", database_url, "--database", database, "--redis-url", redis_url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )  # fmt: skip
-    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    _run_bench(tmp_path, database_url, redis_url, "--smoke")
 
     [results] = tmp_path.glob("dataplane-*-smoke.json")
     result = orjson.loads(results.read_bytes())
@@ -67,16 +58,7 @@ def test_bench_smoke_run_is_valid(tmp_path: Path, database_url: str, redis_url: 
 
 @pytest.mark.timeout(300)
 def test_soak_smoke_run_is_valid(tmp_path: Path, database_url: str, redis_url: str) -> None:
-    database = f"aigw_soak_smoke_{os.getpid()}"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "soak", "--smoke", "--results", str(tmp_path),
-         "--postgres", database_url, "--database", database, "--redis-url", redis_url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )  # fmt: skip
-    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    _run_bench(tmp_path, database_url, redis_url, "soak", "--smoke")
 
     [results] = tmp_path.glob("soak-*-smoke.json")
     result = orjson.loads(results.read_bytes())
@@ -91,3 +73,18 @@ def test_soak_smoke_run_is_valid(tmp_path: Path, database_url: str, redis_url: s
     assert rss["end"] == result["windows"][-1]["rss_mib"]["extproc"]
     assert rss["growth"] == rss["end"] - rss["after_warm_up"]
     assert "extproc RSS" in (tmp_path / results.name.replace(".json", ".md")).read_text()
+
+
+def _run_bench(tmp_path: Path, database_url: str, redis_url: str, *args: str) -> None:
+    """`python -m bench *args` on its own database and the suite's Redis, results in
+    `tmp_path`; it must exit 0."""
+    database = f"aigw_bench_smoke_{os.getpid()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--results", str(tmp_path),
+         "--postgres", database_url, "--database", database, "--redis-url", redis_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
