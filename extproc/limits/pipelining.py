@@ -84,7 +84,7 @@ class PipelinedScripts:
             for call in batch:
                 call.reply.cancel()
             raise
-        return [call.reply.exception() or call.reply.result() for call in batch]
+        return [_outcome(call.reply) for call in batch]
 
     def _hand_over(self) -> None:
         """After a call: the queued ones go next, from a task of their own (the caller that
@@ -137,3 +137,11 @@ class PipelinedScripts:
         for call in calls:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
         return await pipe.execute(raise_on_error=False)
+
+
+def _outcome(reply: asyncio.Future[Any]) -> Any:
+    """A finished call's reply or exception; one that was never sent (its pipeline's task was
+    cancelled, at shutdown) is a connection error, which the caller may retry."""
+    if reply.cancelled():
+        return ConnectionError("not sent: the pipeline carrying it was cancelled")
+    return reply.exception() or reply.result()

@@ -104,3 +104,22 @@ async def test_redis_gone_fails_every_overlapping_call_and_none_hangs() -> None:
     finally:
         await with_nothing.aclose()
     assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes), outcomes
+
+
+async def test_many_calls_handed_over_at_once_get_their_replies_in_order(
+    client: aioredis.Redis,
+) -> None:
+    """`run_many` (the settler's batches): one pipeline, each call's reply or its own error in
+    its place, also when it has to queue behind a call in flight."""
+    scripts = PipelinedScripts(client)
+    checked = client.register_script(FAIL_ON_BAD)
+    await checked(["warm"], ["ok"])
+    in_flight = asyncio.create_task(scripts.run(checked, ["first"], ["ok"]))
+    await asyncio.sleep(0)
+    calls = [([f"k{i}"], ["bad" if i == 3 else "ok"]) for i in range(8)]
+
+    outcomes = await scripts.run_many(checked, calls)
+
+    assert await in_flight == 1
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [1] * 7
+    assert isinstance(outcomes[3], ResponseError) and b"k3" in str(outcomes[3]).encode()
