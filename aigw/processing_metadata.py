@@ -1,4 +1,5 @@
-"""What Envoy and extproc pass each other as dynamic metadata, named once for both sides.
+"""What Envoy and extproc pass each other as dynamic metadata, named once for both sides (and
+`stream_not_asked`, the one reading of it that extproc and the bench's floor processor share).
 
 Envoy copies, for extproc to read with the messages of a request (ext_proc's forwarding
 namespaces; `aigw.envoy_config`):
@@ -19,6 +20,8 @@ extproc emits, from its request-body reply, `aigw` / one entry per response head
 from __future__ import annotations
 
 from typing import Final
+
+from envoy.config.core.v3.base_pb2 import Metadata
 
 REQUEST_NAMESPACE: Final = "aigw.request"
 STREAM_KEY: Final = "stream"
@@ -50,3 +53,15 @@ RESPONSE_HEADERS: Final = (
     CLAMP_HEADER,
 )
 """Every header extproc may add to a response that went to the provider."""
+
+
+def stream_not_asked(metadata: Metadata) -> bool:
+    """Whether the request's JSON body, as Envoy read it into `REQUEST_NAMESPACE`, does not ask
+    for a stream (`"stream": false`, or no `stream` field). False when Envoy read nothing (a
+    body that is not JSON): the caller then treats the answer as streamed, which meters either
+    kind."""
+    request = metadata.filter_metadata.get(REQUEST_NAMESPACE)
+    if request is None or STREAM_KEY not in request.fields:
+        return False
+    stream = request.fields[STREAM_KEY]
+    return stream.WhichOneof("kind") == "bool_value" and not stream.bool_value

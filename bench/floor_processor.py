@@ -23,7 +23,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
     add_ExternalProcessorServicer_to_server,
 )
 
-from aigw.processing_metadata import REQUEST_NAMESPACE, STREAM_KEY
+from aigw.processing_metadata import stream_not_asked
 from extproc.messages import (
     CONTINUE_REQUEST_TRAILERS,
     CONTINUE_RESPONSE_BODY,
@@ -50,19 +50,11 @@ class PassThrough(ExternalProcessorServicer):
         async for request in request_iterator:
             phase = request.WhichOneof("request")
             if phase == "request_headers":
-                yield _WHOLE if _not_streamed(request) else _STREAMED
+                yield _WHOLE if stream_not_asked(request.metadata_context) else _STREAMED
             else:
                 yield _REPLIES[phase]
                 if phase == "response_body" and request.response_body.end_of_stream:
                     return  # as extproc.server does
-
-
-def _not_streamed(request: ProcessingRequest) -> bool:
-    forwarded = request.metadata_context.filter_metadata.get(REQUEST_NAMESPACE)
-    if forwarded is None or STREAM_KEY not in forwarded.fields:
-        return False
-    stream = forwarded.fields[STREAM_KEY]
-    return stream.WhichOneof("kind") == "bool_value" and not stream.bool_value
 
 
 async def serve(port: int) -> None:

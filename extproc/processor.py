@@ -39,10 +39,9 @@ from aigw.processing_metadata import (
     CLAMP_HEADER,
     CONTENT_TYPE_KEY,
     GATEWAY_HEADER_PREFIX,
-    REQUEST_NAMESPACE,
     RESPONSE_NAMESPACE,
     STATUS_KEY,
-    STREAM_KEY,
+    stream_not_asked,
 )
 from extproc.admission import Ticket
 from extproc.endpoints import Endpoint, match_endpoint
@@ -255,15 +254,8 @@ class Processor:
 
     def _answer_is_whole(self, endpoint: Endpoint) -> bool:
         """Whether the answer to this request comes in one buffered message: of bounded size,
-        and not streamed per the body's `stream` field as Envoy read it (false when absent;
-        nothing read — not JSON — counts as streamed, which meters either kind)."""
-        if endpoint not in _WHOLE_ANSWERS:
-            return False
-        request = self.metadata.filter_metadata.get(REQUEST_NAMESPACE)
-        if request is None or STREAM_KEY not in request.fields:
-            return False
-        stream = request.fields[STREAM_KEY]
-        return stream.WhichOneof("kind") == "bool_value" and not stream.bool_value
+        and not streamed per the body's `stream` field as Envoy read it."""
+        return endpoint in _WHOLE_ANSWERS and stream_not_asked(self.metadata)
 
     def on_stream_closed(self) -> None:
         """Called exactly once when the stream ends, however it ends (completed, reset by Envoy,

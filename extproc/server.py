@@ -49,35 +49,43 @@ class ExternalProcessor(ExternalProcessorServicer):
         try:
             async for request in request_iterator:
                 phase = request.WhichOneof("request")
-                if phase not in _REQUEST_PHASES:
-                    answer = await respond(processor, request)
-                    yield answer
-                    if answer.HasField("immediate_response") or _last_message(request):
-                        return
-                    continue
                 processor.metadata = request.metadata_context
-                started = perf_counter()
-                try:
-                    answer = await getattr(processor, phase)(getattr(request, phase))
-                    decision = _decision_of_answer(phase, answer)
-                except GatewayError as error:
-                    answer = error_response(error, processor.request_id)
-                    decision = metrics.decision_of(error)
-                deciding += perf_counter() - started
-                if phase == "request_headers":
-                    REQUEST_ID.set(processor.request_id or None)
-                if decision is not None:
-                    metrics.decided(decision, deciding)
+                if phase in _REQUEST_PHASES:
+                    started = perf_counter()
+                    answer, error = await _answer(processor, phase, request)
+                    deciding += perf_counter() - started
+                    if phase == "request_headers":
+                        REQUEST_ID.set(processor.request_id or None)
+                    decision = (
+                        _decision_of_answer(phase, answer)
+                        if error is None
+                        else metrics.decision_of(error)
+                    )
+                    if decision is not None:
+                        metrics.decided(decision, deciding)
+                else:
+                    answer, _ = await _answer(processor, phase, request)
                 yield answer
-                if answer.HasField("immediate_response"):
+                if answer.HasField("immediate_response") or _last_message(phase, request):
                     return
         finally:
             processor.on_stream_closed()
 
 
-def _last_message(request: ProcessingRequest) -> bool:
+async def _answer(
+    processor: Processor, phase: str, request: ProcessingRequest
+) -> tuple[ProcessingResponse, GatewayError | None]:
+    """The phase method's answer, or the client's error answer and the `GatewayError` behind it
+    when the phase raised one."""
+    try:
+        return await getattr(processor, phase)(getattr(request, phase)), None
+    except GatewayError as error:
+        return error_response(error, processor.request_id), error
+
+
+def _last_message(phase: str, request: ProcessingRequest) -> bool:
     """The end of the response body: Envoy sends nothing after it (trailers are skipped)."""
-    return request.WhichOneof("request") == "response_body" and request.response_body.end_of_stream
+    return phase == "response_body" and request.response_body.end_of_stream
 
 
 def _decision_of_answer(phase: str, answer: ProcessingResponse) -> str | None:
@@ -89,14 +97,12 @@ def _decision_of_answer(phase: str, answer: ProcessingResponse) -> str | None:
 
 
 async def respond(processor: Processor, request: ProcessingRequest) -> ProcessingResponse:
-    """The answer to one message: the phase method of the same name as the message's `oneof`,
-    or the client's error answer when the phase raised `GatewayError`."""
+    """The answer to one message, as the stream loop gives it (with the metadata Envoy
+    forwarded): the phase method of the same name as the message's `oneof`, or the client's
+    error answer when the phase raised `GatewayError`."""
     phase = request.WhichOneof("request")
     processor.metadata = request.metadata_context
-    try:
-        return await getattr(processor, phase)(getattr(request, phase))
-    except GatewayError as error:
-        return error_response(error, processor.request_id)
+    return (await _answer(processor, phase, request))[0]
 
 
 def create_server(
