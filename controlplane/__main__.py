@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             host=config.server.host,
             port=config.server.controlplane_port,
             loop="uvloop",
+            http="httptools",
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=10,

@@ -18,14 +18,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
 from fastapi import FastAPI
 
 from aigw.config import GatewayConfig
 from aigw.redis_client import REDIS_ERRORS
 from aigw.redis_client import connect as connect_redis
+from controlplane import pg_pool, usage_routes, webhooks
 from controlplane import provider_keys as provider_keys_routes
-from controlplane import usage_routes, webhooks
 from controlplane.clock import Clock, utc_now
 from controlplane.context import Context
 from controlplane.dashboard import router as dashboard_router
@@ -59,7 +58,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10, command_timeout=30)
+        pool = await pg_pool.create_pool(database_url, max_size=10, command_timeout=30)
         redis = connect_redis(redis_url, socket_connect_timeout=5, socket_timeout=10)
         watcher: asyncio.Task[None] | None = None
         ingester: Ingester | None = None

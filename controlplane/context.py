@@ -23,7 +23,9 @@ class Context:
     clock: Clock
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
+    """The app's context. `async` although it awaits nothing: FastAPI runs a plain `def`
+    dependency in a worker thread, a thread hand-off on every request."""
     context: Context = request.app.state.context
     return context
 

@@ -126,8 +126,15 @@ class Projector:
         """Project the first key of a sub-account just created from what its insert returned,
         without locking and re-reading the row. Written only if the key has no entry yet: one
         that exists was written by a later change of the sub-account (projected under the lock)
-        or by `project_all`, never older than this."""
-        await self._write([(key, sub_account_policy(sub, key))], only_new=True)
+        or by `project_all`, never older than this. Nothing is published: no cache can hold a
+        key that nobody has seen yet (the answer that reveals it is sent after this)."""
+        try:
+            await self._redis.set(
+                keyspace.key_policy(key.key_hash), sub_account_policy(sub, key).to_json(), nx=True
+            )
+        except REDIS_ERRORS as exc:
+            self._stale = True
+            log.warning("key policy saved but not yet projected to Redis (%s); will retry", exc)
 
     async def project_parent(self, parent_id: str) -> None:
         """Re-project a parent's own keys."""
@@ -202,15 +209,10 @@ class Projector:
             after = subs[-1].id
 
     async def _write(
-        self,
-        entries: Sequence[tuple[ApiKey, KeyPolicy]],
-        *,
-        strict: bool = False,
-        only_new: bool = False,
+        self, entries: Sequence[tuple[ApiKey, KeyPolicy]], *, strict: bool = False
     ) -> int:
-        """Write (or delete) each key's entry and publish their hashes; with `only_new`, an
-        entry that exists is left as it is. Unless `strict`, a Redis failure is logged and
-        remembered for `keep_projected` instead of raised."""
+        """Write (or delete) each key's entry and publish their hashes. Unless `strict`, a Redis
+        failure is logged and remembered for `keep_projected` instead of raised."""
         if not entries:
             return 0
         now = self._clock()
@@ -218,12 +220,12 @@ class Projector:
         for key, policy in entries:
             name = keyspace.key_policy(key.key_hash)
             if key.expires_at is None:
-                pipe.set(name, policy.to_json(), nx=only_new)
+                pipe.set(name, policy.to_json())
             elif key.expires_at <= now:
                 pipe.delete(name)
             else:
                 ttl = key.expires_at - now + TTL_MARGIN
-                pipe.set(name, policy.to_json(), px=int(ttl.total_seconds() * 1000), nx=only_new)
+                pipe.set(name, policy.to_json(), px=int(ttl.total_seconds() * 1000))
         try:
             await pipe.execute()
             if not strict:

@@ -78,8 +78,9 @@ class ProviderKeyDeleted(BaseModel):
     deleted: bool
 
 
-def get_provider_keys(request: Request) -> ProviderKeyService:
-    """The service the app's lifespan started (`app.state.provider_keys`)."""
+async def get_provider_keys(request: Request) -> ProviderKeyService:
+    """The service the app's lifespan started (`app.state.provider_keys`); `async` so FastAPI
+    does not run it in a worker thread."""
     service: ProviderKeyService = request.app.state.provider_keys
     return service
 

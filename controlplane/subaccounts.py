@@ -6,7 +6,7 @@ request (API.md §5: within 1 second).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aigw.config import GatewayConfig, TierConfig
@@ -15,7 +15,7 @@ from aigw.keys import generate_key, hash_key, new_id
 from controlplane import store, webhook_events
 from controlplane.context import Context
 from controlplane.errors import not_found
-from controlplane.models import ApiKey, SubAccount
+from controlplane.models import SETTABLE_FIELDS, ApiKey, SubAccount
 
 # Fields a tier gives defaults for.
 TIER_FIELDS = (
@@ -50,11 +50,10 @@ async def create(ctx: Context, parent_id: str, given: dict[str, Any]) -> tuple[S
     fields = _BASE | tier_defaults(ctx.config, given.get("tier")) | given
     key = generate_key()
     key_hash = hash_key(key)
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        sub = await store.insert_sub_account(
-            conn, new_id("sa"), parent_id, fields, key_hash, ctx.clock()
-        )
-        await webhook_events.sub_account_created(conn, sub, ctx.clock())
+    asked = new_sub_account(new_id("sa"), parent_id, fields, ctx.clock())
+    sub = await store.insert_sub_account(
+        ctx.pool, asked, key_hash, webhook_events.sub_account_created(asked, asked.created_at)
+    )
     await ctx.projector.start_spend(sub)  # its budget is ready before its key works
     first_key = ApiKey(
         key_hash=key_hash, parent_id=parent_id, sub_account_id=sub.id,
@@ -62,6 +61,18 @@ async def create(ctx: Context, parent_id: str, given: dict[str, Any]) -> tuple[S
     )  # fmt: skip
     await ctx.projector.project_new_sub_account(sub, first_key)
     return sub, key
+
+
+def new_sub_account(
+    sub_account_id: str, parent_id: str, fields: dict[str, Any], now: datetime
+) -> SubAccount:
+    """The sub-account to insert: every settable field given (`fields`), active, created now."""
+    settable = {field: fields[field] for field in SETTABLE_FIELDS}
+    settable["allowed_models"] = tuple(settable["allowed_models"])
+    return SubAccount(
+        id=sub_account_id, parent_id=parent_id, status="active", created_at=now, updated_at=now,
+        **settable,
+    )  # fmt: skip
 
 
 async def get(ctx: Context, parent_id: str, sub_account_id: str) -> SubAccount:

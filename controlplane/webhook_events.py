@@ -1,6 +1,6 @@
 """Webhook event types, the events the control plane itself writes, and the body of a delivery.
 
-    await sub_account_created(conn, sub, now)   # inside the transaction that inserts `sub`
+    row = sub_account_created(sub, now)         # inserted with `sub` (store.insert_sub_account)
     body = event_body(type, created_at, payload_json)
 
 Every event is a row of the outbox `events` (migration 002), unique by `dedupe_key`; the
@@ -30,15 +30,19 @@ WEBHOOK_TEST = "webhook.test"
 EVENT_TYPES = (SUB_ACCOUNT_CREATED, BUDGET_WARNING, BUDGET_EXHAUSTED, RATE_LIMITED, REQUEST_FAILED)
 ALL = "*"
 
-_INSERT_EVENT = """
-INSERT INTO events (id, type, parent_id, sub_account_id, dedupe_key, payload, created_at)
+# A row of `events`, its values in `EVENT_COLUMNS` order (`payload` as JSON text).
+EVENT_COLUMNS = ("id", "type", "parent_id", "sub_account_id", "dedupe_key", "payload", "created_at")
+EventRow = tuple[str, str, str, str | None, str, str, datetime]
+_INSERT_EVENT = f"""
+INSERT INTO events ({", ".join(EVENT_COLUMNS)})
 VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
 ON CONFLICT (dedupe_key) DO NOTHING
 """
 
 
-async def sub_account_created(conn: asyncpg.Connection, sub: SubAccount, now: datetime) -> None:
-    """Record `sub_account.created`; call inside the transaction that inserted the row."""
+def sub_account_created(sub: SubAccount, now: datetime) -> EventRow:
+    """The `sub_account.created` row of `events` for `sub`, in `EVENT_COLUMNS` order; the store
+    inserts it with the sub-account, in the same statement."""
     payload = {
         "sub_account_id": sub.id,
         "name": sub.name,
@@ -55,8 +59,7 @@ async def sub_account_created(conn: asyncpg.Connection, sub: SubAccount, now: da
         "expires_at": iso_z(sub.expires_at),
         "created_at": iso_z(sub.created_at),
     }
-    await conn.execute(
-        _INSERT_EVENT,
+    return (
         new_id("evt"),
         SUB_ACCOUNT_CREATED,
         sub.parent_id,

@@ -17,6 +17,7 @@ from aigw.embedded import free_port
 from aigw.keys import generate_key, hash_key, new_id
 from controlplane import store, webhook_events, webhook_store
 from controlplane.models import SETTABLE_FIELDS
+from controlplane.subaccounts import new_sub_account
 from tests.integration.webhook_helpers import (
     FAST,
     World,
@@ -42,17 +43,16 @@ def receiver() -> Iterator[Receiver]:
 
 
 async def create_sub_account(w: World, parent_id: str, name: str, tag: str) -> str:
-    """As `subaccounts.create` does once wired: the row and `sub_account.created` in one
-    transaction."""
+    """As `subaccounts.create` does: the row, its key and `sub_account.created` in one
+    statement."""
     fields: dict[str, object] = {field: None for field in SETTABLE_FIELDS}
     fields |= {"name": name, "default_tag": tag, "spend_cap_cents": 100, "budget_period": "monthly",
                "allowed_models": ["*"], "metadata": {}, "byok": False}  # fmt: skip
     now = datetime.now(UTC)
-    async with w.pool.acquire() as conn, conn.transaction():
-        sub = await store.insert_sub_account(
-            conn, new_id("sa"), parent_id, fields, hash_key(generate_key()), now
-        )
-        await webhook_events.sub_account_created(conn, sub, now)
+    asked = new_sub_account(new_id("sa"), parent_id, fields, now)
+    sub = await store.insert_sub_account(
+        w.pool, asked, hash_key(generate_key()), webhook_events.sub_account_created(asked, now)
+    )
     return sub.id
 
 

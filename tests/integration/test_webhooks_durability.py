@@ -14,12 +14,14 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from aigw.keys import generate_key, hash_key, new_id
 from aigw.secrets_box import Keyring
 from controlplane import store, webhook_events
 from controlplane.models import SETTABLE_FIELDS
+from controlplane.subaccounts import new_sub_account
 from controlplane.webhook_secrets import SecretBox
 from tests.integration.webhook_helpers import FAST, World, rate_limited, running, usage, world
 from tests.webhook_receiver import Receiver, until
@@ -133,33 +135,30 @@ async def test_a_killed_dispatcher_leaves_nothing_behind(w: World, receiver: Rec
 
 
 async def test_an_event_commits_or_vanishes_with_its_fact(w: World, receiver: Receiver) -> None:
-    """`sub_account.created` and its deliveries are in the sub-account's transaction."""
+    """`sub_account.created`, its deliveries and the sub-account's key are written by the
+    statement that inserts the sub-account: when one part fails, none of it remains."""
     parent = await w.parent()
     await w.endpoint(parent, receiver.url("/hook"))
     fields: dict[str, object] = {field: None for field in SETTABLE_FIELDS}
     fields |= {"name": "c", "budget_period": "monthly", "allowed_models": ["*"], "metadata": {},
                "byok": False}  # fmt: skip
     now = datetime.now(UTC)
+    taken_key_hash = hash_key(generate_key())
+    await store.insert_key(w.pool, taken_key_hash, parent, None, now)
 
-    class Rollback(Exception):
-        pass
-
-    with pytest.raises(Rollback):
-        async with w.pool.acquire() as conn, conn.transaction():
-            sub = await store.insert_sub_account(
-                conn, new_id("sa"), parent, fields, hash_key(generate_key()), now
-            )
-            await webhook_events.sub_account_created(conn, sub, now)
-            assert len(await conn.fetch("SELECT 1 FROM webhook_deliveries")) == 1
-            raise Rollback
+    failed = new_sub_account(new_id("sa"), parent, fields, now)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await store.insert_sub_account(
+            w.pool, failed, taken_key_hash, webhook_events.sub_account_created(failed, now)
+        )
+    assert await store.get_sub_account(w.pool, failed.id) is None
     assert await event_ids(w) == set()
     assert await w.deliveries() == []
 
-    async with w.pool.acquire() as conn, conn.transaction():
-        sub = await store.insert_sub_account(
-            conn, new_id("sa"), parent, fields, hash_key(generate_key()), now
-        )
-        await webhook_events.sub_account_created(conn, sub, now)
+    asked = new_sub_account(new_id("sa"), parent, fields, now)
+    sub = await store.insert_sub_account(
+        w.pool, asked, hash_key(generate_key()), webhook_events.sub_account_created(asked, now)
+    )
     async with running(w.dispatcher()):
         assert await until(lambda: len(receiver.delivered("/hook")) == 1)
     assert receiver.delivered("/hook")[0].event["data"]["sub_account_id"] == sub.id
