@@ -5,25 +5,29 @@ dispatches on its `oneof` to the processor's phase method of the same name and s
 answer; a `GatewayError` from a phase becomes an immediate response here, the one place that
 happens. `Processor.on_stream_closed` runs on every way out of the stream.
 
-After the last answer of a request (an immediate response, or the reply to the end of the
-response body) the server ends the RPC itself, with its status, instead of waiting for Envoy to
-reset the stream: grpc.aio leaks the native memory of a status batch sent on a call the client
-already cancelled (grpc/grpc#43360: ~100 bytes a request, 3 MiB a minute under load here).
+The last answer of a request (an immediate response, or the reply to the end of the response
+body) ends the RPC, and goes out in one batch with the RPC's status: Envoy resets every ext_proc
+stream as soon as its HTTP stream ends, and grpc.aio leaks the native memory of a batch sent on a
+call the client has already reset (grpc/grpc#43360: ~100 bytes a request, 3 MiB a minute under
+load here, when the stream was left to Envoy's reset). A status sent in a batch of its own right
+after the last answer still often loses that race; sent with the answer, it leaves together with
+it, before Envoy has read the answer. So
+`Process` is served as a stream-unary method (the wire is the same bidirectional stream): the
+answers before the last are written as they come, the last is its return value, which grpc.aio
+sends with the status. A stream half-closed before the request's last message (Envoy resets
+instead; a test client may) ends with CANCELLED after its answers.
+
 The request phases also count the request's decision and time it (`extproc.metrics`), and the
 stream's request id is put in scope for every log line (`aigw.logs.REQUEST_ID`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, Awaitable, Callable
 from time import perf_counter
 
 import grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
-from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
-    ExternalProcessorServicer,
-    add_ExternalProcessorServicer_to_server,
-)
 
 from aigw.errors import GatewayError
 from aigw.logs import REQUEST_ID
@@ -37,13 +41,35 @@ _MESSAGE_HEADROOM = 1024 * 1024
 _REQUEST_PHASES = frozenset(("request_headers", "request_body"))
 
 
-class ExternalProcessor(ExternalProcessorServicer):
+ProcessHandler = Callable[
+    [AsyncIterable[ProcessingRequest], grpc.aio.ServicerContext], Awaitable[ProcessingResponse]
+]
+
+
+def process_rpc(process: ProcessHandler) -> grpc.GenericRpcHandler:
+    """`envoy.service.ext_proc.v3.ExternalProcessor/Process` served by `process` as a
+    stream-unary method: it writes the answers before the last (serialized) with
+    `context.write` and returns the last (see the module's docstring)."""
+    return grpc.method_handlers_generic_handler(
+        "envoy.service.ext_proc.v3.ExternalProcessor",
+        {
+            "Process": grpc.stream_unary_rpc_method_handler(
+                process,
+                request_deserializer=ProcessingRequest.FromString,
+                response_serializer=ProcessingResponse.SerializeToString,
+            )
+        },
+    )
+
+
+class ExternalProcessor:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
     async def Process(
         self, request_iterator: AsyncIterable[ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ProcessingResponse]:
+    ) -> ProcessingResponse:
+        """Answer each message; returns the request's last answer, which ends the RPC."""
         processor = Processor(self._gateway)
         deciding = 0.0
         try:
@@ -65,11 +91,14 @@ class ExternalProcessor(ExternalProcessorServicer):
                         metrics.decided(decision, deciding)
                 else:
                     answer, _ = await _answer(processor, phase, request)
-                yield answer
                 if answer.HasField("immediate_response") or _last_message(phase, request):
-                    return
+                    return answer
+                await context.write(answer.SerializeToString())
         finally:
             processor.on_stream_closed()
+        await context.abort(
+            grpc.StatusCode.CANCELLED, "the stream ended before the request's last message"
+        )
 
 
 async def _answer(
@@ -123,7 +152,7 @@ def create_server(
             ("grpc.max_send_message_length", message_limit),
         ]
     )
-    add_ExternalProcessorServicer_to_server(ExternalProcessor(gateway), server)
+    server.add_generic_rpc_handlers((process_rpc(ExternalProcessor(gateway).Process),))
     if health is not None:
         server.add_generic_rpc_handlers((health.handler(),))
     port = server.add_insecure_port(address)

@@ -43,6 +43,22 @@ async def stub(redis_url: str) -> AsyncIterator[ExternalProcessorStub]:
         await asyncio.wait_for(grpc_server.stop(0), 5)
 
 
+async def answers_and_status(
+    stub: ExternalProcessorStub, messages: list[ProcessingRequest]
+) -> tuple[list[ProcessingResponse], grpc.StatusCode]:
+    """The answers to `messages` over one stream that the client then half-closes, and the
+    status the server ended it with: OK after a request's last answer, CANCELLED when the client
+    half-closed before it (Envoy never does; it resets the stream)."""
+    call = stub.Process(iter(messages))
+    responses: list[ProcessingResponse] = []
+    try:
+        while (response := await call.read()) is not grpc.aio.EOF:
+            responses.append(response)
+    except grpc.aio.AioRpcError as error:
+        return responses, error.code()
+    return responses, await call.code()
+
+
 async def test_request_without_a_key_is_answered_401_and_the_server_ends_the_rpc(
     stub: ExternalProcessorStub,
 ) -> None:
@@ -68,9 +84,10 @@ async def test_a_request_is_rewritten_over_one_stream(
         request_body({"model": "openai/gpt-5.4-mini", "messages": []}),
     ]
 
-    responses = [response async for response in stub.Process(iter(messages))]
+    responses, status = await answers_and_status(stub, messages)
 
     assert [r.WhichOneof("response") for r in responses] == ["request_headers", "request_body"]
+    assert status is grpc.StatusCode.CANCELLED  # half-closed before the response
     rewritten = responses[1].request_body.response.body_mutation.body
     assert orjson.loads(rewritten)["model"] == "gpt-5.4-mini"
 

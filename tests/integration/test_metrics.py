@@ -30,6 +30,7 @@ from extproc.limits import LimitStore
 from extproc.policies import PolicyStore
 from extproc.server import create_server
 from tests.integration.test_controlplane_subaccounts import CONFIG as CP_CONFIG
+from tests.integration.test_extproc_server import answers_and_status
 from tests.unit.test_extproc_processor import (
     CONFIG,
     POLICY,
@@ -201,7 +202,7 @@ async def _queue_deliveries(
 
 
 async def _process(stub: ExternalProcessorStub, messages: Iterable[ProcessingRequest]) -> None:
-    responses = [response async for response in stub.Process(iter(list(messages)))]
+    responses, _ = await answers_and_status(stub, list(messages))
     assert responses
 
 
