@@ -11,11 +11,11 @@ stream as soon as its HTTP stream ends, and grpc.aio leaks the native memory of 
 call the client has already reset (grpc/grpc#43360: ~100 bytes a request, 3 MiB a minute under
 load here, when the stream was left to Envoy's reset). A status sent in a batch of its own right
 after the last answer still often loses that race; sent with the answer, it leaves together with
-it, before Envoy has read the answer. So
-`Process` is served as a stream-unary method (the wire is the same bidirectional stream): the
-answers before the last are written as they come, the last is its return value, which grpc.aio
-sends with the status. A stream half-closed before the request's last message (Envoy resets
-instead; a test client may) ends with CANCELLED after its answers.
+it, before Envoy has read the answer. So `Process` is served as a stream-unary method (the wire
+is the same bidirectional stream, `process_rpc`): the answers before the last are written as
+they come, the last is its return value, which grpc.aio sends with the status. A stream
+half-closed before the request's last message (Envoy resets instead; a test client may) ends
+with CANCELLED after its answers.
 
 The request phases also count the request's decision and time it (`extproc.metrics`), and the
 stream's request id is put in scope for every log line (`aigw.logs.REQUEST_ID`).
