@@ -82,17 +82,20 @@ class ExternalProcessor:
                     deciding += perf_counter() - started
                     if phase == "request_headers":
                         REQUEST_ID.set(processor.request_id or None)
+                    immediate = answer.HasField("immediate_response")
                     decision = (
-                        _decision_of_answer(phase, answer)
+                        _decision_of_answer(phase, immediate)
                         if error is None
                         else metrics.decision_of(error)
                     )
                     if decision is not None:
                         metrics.decided(decision, deciding)
+                    if immediate:
+                        return answer
                 else:
                     answer, _ = await _answer(processor, phase, request)
-                if answer.HasField("immediate_response") or _last_message(phase, request):
-                    return answer
+                    if answer.HasField("immediate_response") or _last_message(phase, request):
+                        return answer
                 await context.write(answer.SerializeToString())
         finally:
             processor.on_stream_closed()
@@ -117,10 +120,11 @@ def _last_message(phase: str, request: ProcessingRequest) -> bool:
     return phase == "response_body" and request.response_body.end_of_stream
 
 
-def _decision_of_answer(phase: str, answer: ProcessingResponse) -> str | None:
-    """A request phase that did not raise: answered by extproc itself (GET /v1/models), sent on
-    to its provider (the body phase), or not decided yet (headers of a request with a body)."""
-    if answer.HasField("immediate_response"):
+def _decision_of_answer(phase: str, immediate: bool) -> str | None:
+    """A request phase that did not raise: answered by extproc itself with an immediate response
+    (GET /v1/models), sent on to its provider (the body phase), or not decided yet (headers of a
+    request with a body)."""
+    if immediate:
         return metrics.ANSWERED
     return metrics.ADMITTED if phase == "request_body" else None
 

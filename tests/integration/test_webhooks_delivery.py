@@ -14,10 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from aigw.embedded import free_port
-from aigw.keys import generate_key, hash_key, new_id
-from controlplane import store, webhook_events, webhook_store
-from controlplane.models import SETTABLE_FIELDS
-from controlplane.subaccounts import new_sub_account
+from controlplane import webhook_store
 from tests.integration.webhook_helpers import (
     FAST,
     World,
@@ -42,27 +39,13 @@ def receiver() -> Iterator[Receiver]:
         yield value
 
 
-async def create_sub_account(w: World, parent_id: str, name: str, tag: str) -> str:
-    """As `subaccounts.create` does: the row, its key and `sub_account.created` in one
-    statement."""
-    fields: dict[str, object] = {field: None for field in SETTABLE_FIELDS}
-    fields |= {"name": name, "default_tag": tag, "spend_cap_cents": 100, "budget_period": "monthly",
-               "allowed_models": ["*"], "metadata": {}, "byok": False}  # fmt: skip
-    now = datetime.now(UTC)
-    asked = new_sub_account(new_id("sa"), parent_id, fields, now)
-    sub = await store.insert_sub_account(
-        w.pool, asked, hash_key(generate_key()), webhook_events.sub_account_created(asked, now)
-    )
-    return sub.id
-
-
 async def test_every_event_type_arrives_signed(w: World, receiver: Receiver) -> None:
     parent = await w.parent()
     _, secret = await w.endpoint(parent, receiver.url("/all"))
     _, only_secret = await w.endpoint(
         parent, receiver.url("/exhausted"), ["sub_account.budget.exhausted"]
     )
-    sub = await create_sub_account(w, parent, "customer_42", "tenant:42")
+    sub = await w.created_sub_account(parent, "customer_42", "tenant:42")
     failed = usage(parent, sub, status=502, request_id="req_failed_1")
     await w.xadd(
         usage(parent, sub, crossed=[80]),
@@ -239,8 +222,8 @@ async def test_parents_never_receive_each_others_events(w: World, receiver: Rece
     acme, globex = await w.parent("acme"), await w.parent("globex")
     _, acme_secret = await w.endpoint(acme, receiver.url("/acme"))
     _, globex_secret = await w.endpoint(globex, receiver.url("/globex"))
-    acme_sub = await create_sub_account(w, acme, "a", "t:a")
-    globex_sub = await create_sub_account(w, globex, "g", "t:g")
+    acme_sub = await w.created_sub_account(acme, "a", "t:a")
+    globex_sub = await w.created_sub_account(globex, "g", "t:g")
     await w.xadd(rate_limited(acme, acme_sub), usage(globex, globex_sub, status=503))
     await w.ingest()
 

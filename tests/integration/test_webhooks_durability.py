@@ -17,11 +17,9 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from aigw.keys import generate_key, hash_key, new_id
+from aigw.keys import generate_key, hash_key
 from aigw.secrets_box import Keyring
-from controlplane import store, webhook_events
-from controlplane.models import SETTABLE_FIELDS
-from controlplane.subaccounts import new_sub_account
+from controlplane import store
 from controlplane.webhook_secrets import SecretBox
 from tests.integration.webhook_helpers import FAST, World, rate_limited, running, usage, world
 from tests.webhook_receiver import Receiver, until
@@ -139,29 +137,21 @@ async def test_an_event_commits_or_vanishes_with_its_fact(w: World, receiver: Re
     statement that inserts the sub-account: when one part fails, none of it remains."""
     parent = await w.parent()
     await w.endpoint(parent, receiver.url("/hook"))
-    fields: dict[str, object] = {field: None for field in SETTABLE_FIELDS}
-    fields |= {"name": "c", "budget_period": "monthly", "allowed_models": ["*"], "metadata": {},
-               "byok": False}  # fmt: skip
-    now = datetime.now(UTC)
     taken_key_hash = hash_key(generate_key())
-    await store.insert_key(w.pool, taken_key_hash, parent, None, now)
+    await store.insert_key(w.pool, taken_key_hash, parent, None, datetime.now(UTC))
 
-    failed = new_sub_account(new_id("sa"), parent, fields, now)
     with pytest.raises(asyncpg.UniqueViolationError):
-        await store.insert_sub_account(
-            w.pool, failed, taken_key_hash, webhook_events.sub_account_created(failed, now)
-        )
-    assert await store.get_sub_account(w.pool, failed.id) is None
+        await w.created_sub_account(parent, key_hash=taken_key_hash)
+    assert (
+        await w.pool.fetchval("SELECT count(*) FROM sub_accounts WHERE parent_id = $1", parent) == 0
+    )
     assert await event_ids(w) == set()
     assert await w.deliveries() == []
 
-    asked = new_sub_account(new_id("sa"), parent, fields, now)
-    sub = await store.insert_sub_account(
-        w.pool, asked, hash_key(generate_key()), webhook_events.sub_account_created(asked, now)
-    )
+    sub_id = await w.created_sub_account(parent)
     async with running(w.dispatcher()):
         assert await until(lambda: len(receiver.delivered("/hook")) == 1)
-    assert receiver.delivered("/hook")[0].event["data"]["sub_account_id"] == sub.id
+    assert receiver.delivered("/hook")[0].event["data"]["sub_account_id"] == sub_id
 
 
 async def test_an_endpoint_gets_the_events_after_its_creation(w: World, receiver: Receiver) -> None:

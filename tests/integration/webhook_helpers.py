@@ -18,11 +18,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from aigw import keyspace
-from aigw.keys import new_id
+from aigw.keys import generate_key, hash_key, new_id
 from aigw.secrets_box import Keyring
-from controlplane import webhook_store
+from controlplane import store, webhook_events, webhook_store
 from controlplane.dispatcher import Dispatcher, DispatchSettings
 from controlplane.ingester import Ingester
+from controlplane.models import SETTABLE_FIELDS
+from controlplane.subaccounts import new_sub_account
 from controlplane.webhook_secrets import SecretBox, generate_secret
 
 FAST = DispatchSettings(
@@ -69,6 +71,25 @@ class World:
             tag,
         )
         return sub_id
+
+    async def created_sub_account(
+        self, parent_id: str, name: str = "c", tag: str | None = None, key_hash: str | None = None
+    ) -> str:
+        """As `subaccounts.create` writes one: the row, its key (`key_hash`, else a new one) and
+        `sub_account.created`, in one statement; returns its id."""
+        fields: dict[str, object] = {field: None for field in SETTABLE_FIELDS}
+        fields |= {"name": name, "default_tag": tag, "spend_cap_cents": 100,
+                   "budget_period": "monthly", "allowed_models": ["*"], "metadata": {},
+                   "byok": False}  # fmt: skip
+        now = datetime.now(UTC)
+        asked = new_sub_account(new_id("sa"), parent_id, fields, now)
+        sub = await store.insert_sub_account(
+            self.pool,
+            asked,
+            key_hash or hash_key(generate_key()),
+            webhook_events.sub_account_created(asked, now),
+        )
+        return sub.id
 
     async def endpoint(
         self, parent_id: str, url: str, events: list[str] | None = None
