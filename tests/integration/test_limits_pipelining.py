@@ -45,7 +45,7 @@ async def test_overlapping_calls_each_get_their_own_reply_over_one_connection(
     )
     assert replies == [[f"key-{i}".encode(), f"value-{i}".encode()] for i in range(200)]
     connections = [c for c in await client.client_list() if c["name"] == NAME]
-    assert len(connections) <= 2  # the first call's, and the pipeline's after it
+    assert len(connections) <= 2  # the one the batches hold, and the test's own
 
 
 async def test_one_calls_script_error_is_its_own(client: aioredis.Redis) -> None:
@@ -88,6 +88,23 @@ async def test_a_cancelled_caller_waiting_in_the_queue_is_never_sent(
     await asyncio.gather(first, *queued, return_exceptions=True)
     assert queued[2].cancelled()
     assert int(await client.get("cancelled-counter")) == 5
+
+
+async def test_a_connection_redis_closed_is_replaced_without_failing_a_call(
+    client: aioredis.Redis,
+) -> None:
+    """The batches' connection is held between calls: when Redis closes it (a restart, its idle
+    `timeout`), the next call still gets its reply, and each script ran once."""
+    scripts = PipelinedScripts(client)
+    count = client.register_script(COUNT)
+    await client.delete("replaced-counter")
+    assert await scripts.run(count, ["replaced-counter"], []) == 1
+    for expected in (2, 3):
+        held = [c["id"] for c in await client.client_list() if c["name"] == NAME]
+        for connection_id in held:
+            await client.client_kill_filter(_id=connection_id, skipme=True)
+        assert await scripts.run(count, ["replaced-counter"], []) == expected
+    assert int(await client.get("replaced-counter")) == 3
 
 
 async def test_redis_gone_fails_every_overlapping_call_and_none_hangs() -> None:
