@@ -10,9 +10,10 @@ company, only for the call ahead of it). Each call still gets its own reply or i
 
 Since only one batch is ever in flight, the batches share one connection, taken from the
 client's pool once and held: each is written and read on it directly (redis-py's connection
-layer, with the pool's socket timeouts) rather than through a redis-py pipeline, whose pool
-check-out, connection check and per-command bookkeeping cost more than the round trip itself
-(about 0.2 ms of CPU per batch, bench/README.md). A batch whose held connection fails (most
+layer) rather than through a redis-py pipeline, whose pool check-out, connection check and
+per-command bookkeeping cost more than the round trip itself (about 0.2 ms of CPU per batch,
+bench/README.md). The pool's socket timeout bounds each batch as a whole, instead of each write
+(a task per write) and each reply. A batch whose held connection fails (most
 often: Redis closed it, restarting, since the last batch) is sent once more on a new connection.
 Should a script have run before its connection broke, it runs twice, which both scripts take:
 an admission replaces its own reservation (keyed by request id; its rate windows may count the
@@ -35,6 +36,7 @@ import redis.asyncio
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aigw.redis_client import AsyncRedis
 
@@ -55,6 +57,7 @@ class PipelinedScripts:
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._connection: redis.asyncio.Connection | None = None
+        self._deadline_s: float | None = None
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """`script`'s reply to `keys` and `args`; raises what redis-py raises for it."""
@@ -158,21 +161,36 @@ class PipelinedScripts:
             return await self._exchange(commands)
 
     async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """`commands` written at once on the held connection, and their replies read in order.
-        redis-py disconnects the connection on any failure (so no reply is left unread on it)
-        and connects it again on the next write."""
+        """`commands` written at once on the held connection, and their replies read in order,
+        within one deadline for the whole batch: the pool's socket timeout. redis-py
+        disconnects the connection on any failure or cancellation (so no reply is left unread
+        on it) and connects it again on the next write."""
         connection = self._connection
         if connection is None:
-            pool = self._client.connection_pool
-            connection = self._connection = await pool.get_connection()
-        await connection.send_packed_command(connection.pack_commands(commands), False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as error:
-                replies.append(error)
-        return replies
+            connection = await self._client.connection_pool.get_connection()
+            self._deadline_s = connection.socket_timeout
+            connection.socket_timeout = None
+            self._connection = connection
+        if self._deadline_s is None:
+            return await _write_and_read(connection, commands)
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await _write_and_read(connection, commands)
+        except TimeoutError:
+            raise RedisTimeoutError(f"Redis did not answer within {self._deadline_s} s") from None
+
+
+async def _write_and_read(
+    connection: redis.asyncio.Connection, commands: list[tuple[Any, ...]]
+) -> list[Any]:
+    await connection.send_packed_command(connection.pack_commands(commands), False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as error:
+            replies.append(error)
+    return replies
 
 
 def _outcome(reply: asyncio.Future[Any]) -> Any:
