@@ -30,6 +30,10 @@ from extproc.metering import Usage
 
 log = logging.getLogger(__name__)
 _RETRY_INTERVAL_S = 1.0
+SETTLE_MAY_WAIT_S = 0.005
+"""How long a settle that finds Redis free waits for the next admission to go with it (one
+round trip for both when requests come one at a time); its reservation covers the request
+meanwhile, as it does until any settle lands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +137,9 @@ class Settler:
     the Redis round trip; the reservation covers the request until the settle lands).
 
     Settles that arrive while a batch is on its way to Redis go together in the next one: one
-    task and one pipeline per batch, not per request. A settle that Redis failed is retried on
-    its own until it succeeds or its reservation would have expired."""
+    task and one pipeline per batch, not per request; a batch that finds Redis free rides with
+    the next admission if one comes within `SETTLE_MAY_WAIT_S`. A settle that Redis failed is
+    retried on its own until it succeeds or its reservation would have expired."""
 
     def __init__(self, store: LimitStore) -> None:
         self._store = store
@@ -169,7 +174,7 @@ class Settler:
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
-                    results = await self._store.settle_many(batch)
+                    results = await self._store.settle_many(batch, SETTLE_MAY_WAIT_S)
                 except Exception:
                     log.exception("a batch of %d settles failed: retrying each", len(batch))
                     results = [LimitStoreUnavailable("batch failed")] * len(batch)

@@ -6,7 +6,11 @@ in flight is sent at once, alone (one request at a time pays nothing extra). Cal
 while one is in flight queue up; when it returns they all go as one pipeline, and the calls
 arriving during that pipeline make the next one (natural batching: no call ever waits for
 company, only for the call ahead of it). Each call still gets its own reply or its own error.
-`run_many` hands over several calls at once (the settles gathered by `extproc.settlement`).
+`run_many` hands over several calls at once (the settles gathered by `extproc.settlement`), and
+may let them wait a little for company: with `may_wait_s`, calls that find Redis free wait that
+long for the next `run` and go in its batch, ahead of it. That is how one request's settle
+rides with the next request's admission when requests come one at a time: one round trip per
+request instead of two, and the settle still lands before the admission that follows it.
 
 Since only one batch is ever in flight, the batches share one connection, taken from the
 client's pool once and held: each is written and read on it directly (redis-py's connection
@@ -58,6 +62,7 @@ class PipelinedScripts:
         self._sender: asyncio.Task[None] | None = None
         self._connection: redis.asyncio.Connection | None = None
         self._deadline_s: float | None = None
+        self._waiting: asyncio.TimerHandle | None = None
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """`script`'s reply to `keys` and `args`; raises what redis-py raises for it."""
@@ -68,26 +73,32 @@ class PipelinedScripts:
             self._queue.append(call)
         else:
             self._busy = True
+            waiting, self._queue = self._queue, []
             try:
-                await self._send([call])
+                await self._send([*(c for c in waiting if not c.reply.done()), call])
             finally:
                 self._hand_over()
         return await call.reply
 
     async def run_many(
-        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+        self,
+        script: AsyncScript,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        may_wait_s: float = 0.0,
     ) -> list[Any]:
         """`script`'s reply to each `(keys, args)` of `calls`, in order, as one pipeline (or with
-        the next one, when a call is in flight); a call that failed gives its exception in its
-        place instead of raising."""
+        the next one, when a call is in flight, or with the next `run` within `may_wait_s`); a
+        call that failed gives its exception in its place instead of raising."""
         if not self._batching:
             return await asyncio.gather(
                 *(script(keys, args) for keys, args in calls), return_exceptions=True
             )
         loop = asyncio.get_running_loop()
         batch = [_Call(script, keys, args, loop.create_future()) for keys, args in calls]
-        if self._busy:
+        if self._busy or may_wait_s > 0:
             self._queue.extend(batch)
+            if not self._busy and self._waiting is None:
+                self._waiting = loop.call_later(may_wait_s, self._stop_waiting)
         else:
             self._busy = True
             try:
@@ -101,6 +112,14 @@ class PipelinedScripts:
                 call.reply.cancel()
             raise
         return [_outcome(call.reply) for call in batch]
+
+    def _stop_waiting(self) -> None:
+        """The calls that waited for company go on their own, unless a `run` took them along or
+        a batch in flight will hand them over."""
+        self._waiting = None
+        if not self._busy and self._queue:
+            self._busy = True
+            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
 
     def _hand_over(self) -> None:
         """After a call: the queued ones go next, from a task of their own (the caller that

@@ -150,12 +150,13 @@ class LimitStore:
         return _settle_result(await self._call(self._scripts.run, self._settle, keys, args))
 
     async def settle_many(
-        self, requests: list[SettleRequest]
+        self, requests: list[SettleRequest], may_wait_s: float = 0.0
     ) -> list[SettleResult | LimitStoreUnavailable]:
-        """`settle` of each request, sent together; a request Redis failed gets its
+        """`settle` of each request, sent together (with the next admission, when one comes
+        within `may_wait_s`: `PipelinedScripts.run_many`); a request Redis failed gets its
         `LimitStoreUnavailable` in its place."""
         calls = [_settle_call(req) for req in requests]
-        replies = await self._scripts.run_many(self._settle, calls)
+        replies = await self._scripts.run_many(self._settle, calls, may_wait_s)
         results: list[SettleResult | LimitStoreUnavailable] = []
         for reply in replies:
             if isinstance(reply, REDIS_ERRORS):

@@ -140,3 +140,32 @@ async def test_many_calls_handed_over_at_once_get_their_replies_in_order(
     assert await in_flight == 1
     assert [o for i, o in enumerate(outcomes) if i != 3] == [1] * 7
     assert isinstance(outcomes[3], ResponseError) and b"k3" in str(outcomes[3]).encode()
+
+
+async def test_calls_that_may_wait_ride_with_the_next_call_ahead_of_it(
+    client: aioredis.Redis,
+) -> None:
+    """A request's settle waits for the next request's admission and goes in its batch, first:
+    the admission sees the settled state, and neither waits out the settle's allowance."""
+    scripts = PipelinedScripts(client)
+    count = client.register_script(COUNT)
+    await client.delete("riding-counter")
+    waiting = asyncio.create_task(
+        scripts.run_many(count, [(["riding-counter"], [])] * 2, may_wait_s=30)
+    )
+    await asyncio.sleep(0)  # queued, waiting for company
+
+    assert await asyncio.wait_for(scripts.run(count, ["riding-counter"], []), 10) == 3
+    assert await asyncio.wait_for(waiting, 10) == [1, 2]
+
+
+async def test_calls_that_may_wait_go_on_their_own_when_no_call_comes(
+    client: aioredis.Redis,
+) -> None:
+    scripts = PipelinedScripts(client)
+    count = client.register_script(COUNT)
+    await client.delete("alone-counter")
+    replies = await asyncio.wait_for(
+        scripts.run_many(count, [(["alone-counter"], [])], may_wait_s=0.01), 10
+    )
+    assert replies == [1]
