@@ -14,7 +14,7 @@ period's keys in Redis and its rows in the ledger, so it must be the same wherev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 BUDGET_PERIODS = ("monthly", "weekly", "daily", "total")
@@ -26,15 +26,13 @@ class Period:
     id: str
     start: datetime
     end: datetime | None
+    start_ms: int = field(init=False, repr=False, compare=False)
+    end_ms: int = field(init=False, repr=False, compare=False)
+    """The end in epoch milliseconds, 0 for a period that never ends."""
 
-    @property
-    def start_ms(self) -> int:
-        return _epoch_ms(self.start)
-
-    @property
-    def end_ms(self) -> int:
-        """The end in epoch milliseconds, 0 for a period that never ends."""
-        return 0 if self.end is None else _epoch_ms(self.end)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_ms", _epoch_ms(self.start))
+        object.__setattr__(self, "end_ms", 0 if self.end is None else _epoch_ms(self.end))
 
 
 def current_period(budget_period: str, created_at: datetime, now: datetime) -> Period:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis.asyncio
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -169,21 +170,26 @@ class PipelinedScripts:
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         """Each call's reply, or its script's error in its place."""
-        commands = [
-            ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls
-        ]
+        commands = b"".join(
+            [
+                hiredis.pack_command(
+                    ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                )
+                for call in calls
+            ]
+        )
         try:
-            return await self._exchange(commands)
+            return await self._exchange(commands, len(calls))
         except RedisConnectionError:
             if self._connection is None:
                 raise
-            return await self._exchange(commands)
+            return await self._exchange(commands, len(calls))
 
-    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """`commands` written at once on the held connection, and their replies read in order,
-        within one deadline for the whole batch: the pool's socket timeout. redis-py
-        disconnects the connection on any failure or cancellation (so no reply is left unread
-        on it) and connects it again on the next write."""
+    async def _exchange(self, commands: bytes, count: int) -> list[Any]:
+        """`count` commands, packed by hiredis, written at once on the held connection, and
+        their replies read in order, within one deadline for the whole batch: the pool's socket
+        timeout. redis-py disconnects the connection on any failure or cancellation (so no reply
+        is left unread on it) and connects it again on the next write."""
         connection = self._connection
         if connection is None:
             connection = await self._client.connection_pool.get_connection()
@@ -191,20 +197,20 @@ class PipelinedScripts:
             connection.socket_timeout = None
             self._connection = connection
         if self._deadline_s is None:
-            return await _write_and_read(connection, commands)
+            return await _write_and_read(connection, commands, count)
         try:
             async with asyncio.timeout(self._deadline_s):
-                return await _write_and_read(connection, commands)
+                return await _write_and_read(connection, commands, count)
         except TimeoutError:
             raise RedisTimeoutError(f"Redis did not answer within {self._deadline_s} s") from None
 
 
 async def _write_and_read(
-    connection: redis.asyncio.Connection, commands: list[tuple[Any, ...]]
+    connection: redis.asyncio.Connection, commands: bytes, count: int
 ) -> list[Any]:
-    await connection.send_packed_command(connection.pack_commands(commands), False)
+    await connection.send_packed_command(commands, False)
     replies: list[Any] = []
-    for _ in commands:
+    for _ in range(count):
         try:
             replies.append(await connection.read_response())
         except ResponseError as error:
