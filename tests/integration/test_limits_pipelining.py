@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -30,6 +31,12 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     redis = connect(redis_url, socket_timeout=5, client_name=NAME)
     yield redis
     await redis.aclose()
+
+
+async def counting(client: aioredis.Redis, counter: str) -> tuple[PipelinedScripts, AsyncScript]:
+    """New `PipelinedScripts` over `client`, and the COUNT script, with `counter` at 0."""
+    await client.delete(counter)
+    return PipelinedScripts(client), client.register_script(COUNT)
 
 
 async def test_overlapping_calls_each_get_their_own_reply_over_one_connection(
@@ -62,9 +69,7 @@ async def test_one_calls_script_error_is_its_own(client: aioredis.Redis) -> None
 
 
 async def test_a_script_flushed_from_redis_is_loaded_again(client: aioredis.Redis) -> None:
-    scripts = PipelinedScripts(client)
-    count = client.register_script(COUNT)
-    await client.delete("pipelined-counter")
+    scripts, count = await counting(client, "pipelined-counter")
     await scripts.run(count, ["pipelined-counter"], [])
     await client.script_flush()  # as after a restart of Redis: NOSCRIPT for every call
     replies = await asyncio.gather(
@@ -77,9 +82,7 @@ async def test_a_script_flushed_from_redis_is_loaded_again(client: aioredis.Redi
 async def test_a_cancelled_caller_waiting_in_the_queue_is_never_sent(
     client: aioredis.Redis,
 ) -> None:
-    scripts = PipelinedScripts(client)
-    count = client.register_script(COUNT)
-    await client.delete("cancelled-counter")
+    scripts, count = await counting(client, "cancelled-counter")
     first = asyncio.create_task(scripts.run(count, ["cancelled-counter"], []))
     await asyncio.sleep(0)  # first is in flight: the next ones queue
     queued = [asyncio.create_task(scripts.run(count, ["cancelled-counter"], [])) for _ in range(5)]
@@ -95,9 +98,7 @@ async def test_a_connection_redis_closed_is_replaced_without_failing_a_call(
 ) -> None:
     """The batches' connection is held between calls: when Redis closes it (a restart, its idle
     `timeout`), the next call still gets its reply, and each script ran once."""
-    scripts = PipelinedScripts(client)
-    count = client.register_script(COUNT)
-    await client.delete("replaced-counter")
+    scripts, count = await counting(client, "replaced-counter")
     assert await scripts.run(count, ["replaced-counter"], []) == 1
     for expected in (2, 3):
         held = [c["id"] for c in await client.client_list() if c["name"] == NAME]
@@ -147,9 +148,7 @@ async def test_calls_that_may_wait_ride_with_the_next_call_ahead_of_it(
 ) -> None:
     """A request's settle waits for the next request's admission and goes in its batch, first:
     the admission sees the settled state, and neither waits out the settle's allowance."""
-    scripts = PipelinedScripts(client)
-    count = client.register_script(COUNT)
-    await client.delete("riding-counter")
+    scripts, count = await counting(client, "riding-counter")
     waiting = asyncio.create_task(
         scripts.run_many(count, [(["riding-counter"], [])] * 2, may_wait_s=30)
     )
@@ -162,9 +161,7 @@ async def test_calls_that_may_wait_ride_with_the_next_call_ahead_of_it(
 async def test_calls_that_may_wait_go_on_their_own_when_no_call_comes(
     client: aioredis.Redis,
 ) -> None:
-    scripts = PipelinedScripts(client)
-    count = client.register_script(COUNT)
-    await client.delete("alone-counter")
+    scripts, count = await counting(client, "alone-counter")
     replies = await asyncio.wait_for(
         scripts.run_many(count, [(["alone-counter"], [])], may_wait_s=0.01), 10
     )
