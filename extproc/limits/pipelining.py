@@ -17,11 +17,11 @@ client's pool once and held: each is written and read on it directly (redis-py's
 layer) rather than through a redis-py pipeline, whose pool check-out, connection check and
 per-command bookkeeping cost more than the round trip itself (about 0.2 ms of CPU per batch,
 bench/README.md). The pool's socket timeout bounds each batch as a whole, instead of each write
-(a task per write) and each reply. A batch whose held connection fails (most
-often: Redis closed it, restarting, since the last batch) is sent once more on a new connection.
-Should a script have run before its connection broke, it runs twice, which both scripts take:
-an admission replaces its own reservation (keyed by request id; its rate windows may count the
-request twice) and a settle is settled once (its `settled` marker).
+(a task per write) and each reply. A batch whose held connection fails (most often: Redis closed
+it, restarting, since the last batch) is sent once more on a new connection. Should a script
+have run before its connection broke, it runs twice, which both scripts take: an admission
+replaces its own reservation (keyed by request id; its rate windows may count the request
+twice) and a settle is settled once (its `settled` marker).
 
 A queued call whose caller has gone (a cancelled stream) is not sent. A batch that finds a
 script missing (Redis restarted empty: NOSCRIPT) loads it and runs the affected calls again.
