@@ -152,7 +152,8 @@ async def test_calls_that_may_wait_ride_with_the_next_call_ahead_of_it(
     waiting = asyncio.create_task(
         scripts.run_many(count, [(["riding-counter"], [])] * 2, may_wait_s=30)
     )
-    await asyncio.sleep(0)  # queued, waiting for company
+    await asyncio.sleep(0.2)  # Redis is free: without company they would be back by now
+    assert not waiting.done()
 
     assert await asyncio.wait_for(scripts.run(count, ["riding-counter"], []), 10) == 3
     assert await asyncio.wait_for(waiting, 10) == [1, 2]
