@@ -74,9 +74,11 @@ class PipelinedScripts:
             self._queue.append(call)
         else:
             self._busy = True
-            waiting, self._queue = self._queue, []
+            batch = [waiting for waiting in self._queue if not waiting.reply.done()]
+            batch.append(call)
+            self._queue = []
             try:
-                await self._send([*(c for c in waiting if not c.reply.done()), call])
+                await self._send(batch)
             finally:
                 self._hand_over()
         return await call.reply
@@ -118,9 +120,9 @@ class PipelinedScripts:
         """The calls that waited for company go on their own, unless a `run` took them along or
         a batch in flight will hand them over."""
         self._waiting = None
-        if not self._busy and self._queue:
+        if not self._busy:
             self._busy = True
-            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+            self._hand_over()
 
     def _hand_over(self) -> None:
         """After a call: the queued ones go next, from a task of their own (the caller that
